@@ -1,0 +1,37 @@
+import type { FastifyInstance } from 'fastify';
+import type { Logger } from 'pino';
+import type { AdminService } from '../domain/admin.js';
+import type { AuditLog } from '../domain/audit.js';
+import type { Authenticator } from '../domain/authenticator.js';
+import type { Metrics } from '../observability/metrics.js';
+import { createBaseApp } from './base.js';
+import { authHooks, type AuthHooks } from './plugins/auth.js';
+import { adminRoutes } from './routes/admin.js';
+import { healthRoutes } from './routes/health.js';
+
+export interface AdminDeps {
+  admin: AdminService;
+  audit: AuditLog;
+  hooks: AuthHooks;
+}
+
+export interface AdminAppOptions {
+  logger: Logger;
+  bodyLimitBytes: number;
+  metrics: Metrics;
+  authenticator: Authenticator;
+  admin: AdminService;
+  audit: AuditLog;
+  pingRedis: () => Promise<boolean>;
+}
+
+/** The governance plane (:7979). Never listens; the CLI or a test does. */
+export async function buildAdminApp(opts: AdminAppOptions): Promise<FastifyInstance> {
+  const app = createBaseApp({ plane: 'admin', logger: opts.logger, bodyLimitBytes: opts.bodyLimitBytes, metrics: opts.metrics });
+  const hooks = authHooks(opts.authenticator, 'FORBIDDEN');
+  const deps: AdminDeps = { admin: opts.admin, audit: opts.audit, hooks };
+  await app.register(async (scope) => adminRoutes(scope, deps));
+  await app.register(async (scope) =>
+    healthRoutes(scope, { pingRedis: opts.pingRedis, metrics: opts.metrics, metricsAuth: hooks.admin() }));
+  return app;
+}

@@ -1,0 +1,154 @@
+import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import { Ajv, type ErrorObject } from 'ajv';
+import type { Logger } from 'pino';
+import { CyclesError } from '../domain/errors.js';
+import { newRequestId, newTraceId } from '../domain/ids.js';
+import type { AuthContext } from '../domain/auth.js';
+import type { Metrics } from '../observability/metrics.js';
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    cycles: { requestId: string; traceId: string; auth?: AuthContext };
+  }
+  interface FastifyContextConfig {
+    /** Operation name used in metrics and audit (the protocol's operationId). */
+    operation?: string;
+  }
+}
+
+export interface BaseAppOptions {
+  plane: 'runtime' | 'admin' | 'events';
+  logger: Logger;
+  bodyLimitBytes: number;
+  metrics: Metrics;
+}
+
+const TRACE_ID = /^[0-9a-f]{32}$/;
+const TRACEPARENT = /^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$/;
+const ZERO_TRACE = '0'.repeat(32);
+const ZERO_SPAN = '0'.repeat(16);
+
+/** W3C traceparent first, then X-Cycles-Trace-Id; malformed values count as absent. */
+export function pickTraceId(traceparent: unknown, flat: unknown): string {
+  if (typeof traceparent === 'string') {
+    const m = TRACEPARENT.exec(traceparent.trim());
+    if (m && m[1] !== ZERO_TRACE && m[2] !== ZERO_SPAN) return m[1]!;
+  }
+  if (typeof flat === 'string' && TRACE_ID.test(flat) && flat !== ZERO_TRACE) return flat;
+  return newTraceId();
+}
+
+/** Names the field an Ajv error is about, e.g. "body/estimate/amount must be >= 0". */
+export function describeValidation(errors: ErrorObject[], context: string): string {
+  const first = errors[0];
+  if (!first) return 'Validation failed';
+  const path = `${context}${first.instancePath}`;
+  const params = first.params as Record<string, unknown>;
+  if (first.keyword === 'additionalProperties') return `Validation failed: ${path} has unknown property '${String(params.additionalProperty)}'`;
+  if (first.keyword === 'required') return `Validation failed: ${path} is missing required property '${String(params.missingProperty)}'`;
+  if (first.keyword === 'anyOf' && context === 'body' && first.instancePath === '/subject') {
+    return 'Validation failed: body/subject must contain at least one of tenant, workspace, app, workflow, agent, toolset';
+  }
+  return `Validation failed: ${path} ${first.message ?? 'is invalid'}`;
+}
+
+// Bodies are validated strictly (no coercion, unknown properties rejected); query strings and
+// path parameters arrive as text, so they are coerced to the schema's types.
+const bodyAjv = new Ajv({ allErrors: false, coerceTypes: false, removeAdditional: false, useDefaults: false, strict: false });
+const queryAjv = new Ajv({ allErrors: false, coerceTypes: true, removeAdditional: false, useDefaults: false, strict: false });
+
+export function sendError(reply: FastifyReply, request: FastifyRequest, err: CyclesError): FastifyReply {
+  const body: Record<string, unknown> = {
+    error: err.code,
+    message: err.message,
+    request_id: request.cycles.requestId,
+    trace_id: request.cycles.traceId,
+  };
+  if (err.details) body.details = err.details;
+  return reply.code(err.status).type('application/json').send(body);
+}
+
+/**
+ * The Fastify instance every plane starts from: validation, correlation headers, the error
+ * envelope and request metrics. App factories never listen; the CLI does.
+ */
+export function createBaseApp(opts: BaseAppOptions): FastifyInstance {
+  const app = Fastify({
+    loggerInstance: opts.logger,
+    bodyLimit: opts.bodyLimitBytes,
+    disableRequestLogging: true,
+    genReqId: () => newRequestId(),
+    return503OnClosing: true,
+    ajv: { customOptions: { removeAdditional: false } },
+  }).withTypeProvider<TypeBoxTypeProvider>();
+
+  app.setValidatorCompiler(({ schema, httpPart }) => {
+    const ajv = httpPart === 'body' ? bodyAjv : queryAjv;
+    return ajv.compile(schema);
+  });
+  app.setSchemaErrorFormatter((errors, dataVar) => {
+    const err = new CyclesError('INVALID_REQUEST', describeValidation(errors as ErrorObject[], dataVar));
+    return err;
+  });
+
+  app.decorateRequest('cycles', null as unknown as FastifyRequest['cycles']);
+  app.addHook('onRequest', async (request, reply) => {
+    const traceId = pickTraceId(request.headers.traceparent, request.headers['x-cycles-trace-id']);
+    request.cycles = { requestId: String(request.id), traceId };
+    reply.header('x-request-id', request.cycles.requestId);
+    reply.header('x-cycles-trace-id', traceId);
+  });
+
+  app.addHook('onResponse', async (request, reply) => {
+    const operation = request.routeOptions.config?.operation ?? 'unmatched';
+    const outcome = (reply as unknown as { cyclesOutcome?: string }).cyclesOutcome ?? (reply.statusCode < 400 ? 'ok' : 'error');
+    const labels = { plane: opts.plane, operation, outcome };
+    opts.metrics.httpRequests.inc({ ...labels, status: String(reply.statusCode) });
+    opts.metrics.httpDuration.observe(labels, reply.elapsedTime / 1000);
+  });
+
+  app.setErrorHandler((error: FastifyError | CyclesError | Error, request, reply) => {
+    const err = toCyclesError(error);
+    (reply as unknown as { cyclesOutcome?: string }).cyclesOutcome = err.code;
+    if (err.status >= 500) request.log.error({ err: error, requestId: request.cycles?.requestId }, 'request failed');
+    if (!request.cycles) request.cycles = { requestId: String(request.id), traceId: newTraceId() };
+    return sendError(reply, request, err);
+  });
+
+  app.setNotFoundHandler((request, reply) => {
+    (reply as unknown as { cyclesOutcome?: string }).cyclesOutcome = 'NOT_FOUND';
+    return sendError(reply, request, new CyclesError('NOT_FOUND', `No route for ${request.method} ${request.url.split('?')[0]}`));
+  });
+
+  return app as unknown as FastifyInstance;
+}
+
+/** Maps anything thrown during a request to a protocol error; client mistakes never become 500. */
+export function toCyclesError(error: unknown): CyclesError {
+  if (error instanceof CyclesError) return error;
+  const e = error as FastifyError & { validation?: ErrorObject[]; validationContext?: string };
+  if (e.validation) return new CyclesError('INVALID_REQUEST', describeValidation(e.validation, e.validationContext ?? 'request'));
+  switch (e.code) {
+    case 'FST_ERR_CTP_INVALID_JSON':
+    case 'FST_ERR_CTP_EMPTY_JSON_BODY':
+      return new CyclesError('INVALID_REQUEST', 'Malformed request body: not valid JSON');
+    case 'FST_ERR_CTP_BODY_TOO_LARGE':
+      return new CyclesError('INVALID_REQUEST', 'Request body is larger than the configured limit');
+    case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
+    case 'FST_ERR_CTP_INVALID_CONTENT_LENGTH':
+      return new CyclesError('INVALID_REQUEST', 'Request body must be application/json');
+    default:
+      break;
+  }
+  if (e instanceof SyntaxError) return new CyclesError('INVALID_REQUEST', 'Malformed request body: not valid JSON');
+  if (typeof e.statusCode === 'number' && e.statusCode >= 400 && e.statusCode < 500) {
+    return new CyclesError('INVALID_REQUEST', e.message || 'Invalid request');
+  }
+  const name = (e as Error)?.name ?? '';
+  const msg = (e as Error)?.message ?? '';
+  if (name === 'MaxRetriesPerRequestError' || /Connection is closed|ECONNREFUSED|Stream isn't writeable|ETIMEDOUT/.test(msg)) {
+    return new CyclesError('INTERNAL_ERROR', 'Storage is unavailable; retry with the same idempotency key', undefined, 503);
+  }
+  return new CyclesError('INTERNAL_ERROR', 'Internal error');
+}

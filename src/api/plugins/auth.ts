@@ -1,0 +1,54 @@
+import type { FastifyRequest } from 'fastify';
+import { hasPermission } from '../../domain/auth.js';
+import type { Authenticator } from '../../domain/authenticator.js';
+import { CyclesError } from '../../domain/errors.js';
+
+/**
+ * Authentication hooks. The runtime plane answers an invalid tenant key with 401 (protocol);
+ * the governance plane answers 403 (reference behaviour), so the plane picks the code.
+ */
+export interface AuthHooks {
+  tenant(permission: string | string[]): (request: FastifyRequest) => Promise<void>;
+  tenantOrAdmin(permission: string | string[]): (request: FastifyRequest) => Promise<void>;
+  admin(): (request: FastifyRequest) => Promise<void>;
+}
+
+function header(request: FastifyRequest, name: string): string | undefined {
+  const v = request.headers[name];
+  const s = Array.isArray(v) ? v[0] : v;
+  return s === undefined || s.trim() === '' ? undefined : s.trim();
+}
+
+export function authHooks(auth: Authenticator, invalidKeyCode: 'UNAUTHORIZED' | 'FORBIDDEN'): AuthHooks {
+  const checkAdmin = (request: FastifyRequest, presented: string | undefined): void => {
+    if (presented === undefined) throw new CyclesError('UNAUTHORIZED', 'Missing X-Admin-API-Key header');
+    if (!auth.adminKeyConfigured) throw new CyclesError('INTERNAL_ERROR', 'Server misconfiguration: admin API key not set');
+    if (!auth.verifyAdminKey(presented)) throw new CyclesError('UNAUTHORIZED', 'Invalid admin API key');
+    request.cycles.auth = { kind: 'admin' };
+  };
+
+  const checkTenant = async (request: FastifyRequest, permission: string | string[]): Promise<void> => {
+    const secret = header(request, 'x-cycles-api-key');
+    if (secret === undefined) throw new CyclesError('UNAUTHORIZED', 'Missing X-Cycles-API-Key header');
+    const result = await auth.authenticateTenant(secret);
+    if (!result.ok) throw new CyclesError(invalidKeyCode, `Invalid API key: ${result.reason}`);
+    const needed = Array.isArray(permission) ? permission : [permission];
+    if (!needed.some((p) => hasPermission(result.auth.permissions, p))) {
+      throw new CyclesError(
+        invalidKeyCode === 'UNAUTHORIZED' ? 'FORBIDDEN' : 'INSUFFICIENT_PERMISSIONS',
+        `API key lacks required permission: ${needed.join(' or ')}`,
+      );
+    }
+    request.cycles.auth = result.auth;
+  };
+
+  return {
+    tenant: (permission) => async (request) => checkTenant(request, permission),
+    tenantOrAdmin: (permission) => async (request) => {
+      const adminKey = header(request, 'x-admin-api-key');
+      if (adminKey !== undefined) return checkAdmin(request, adminKey);
+      return checkTenant(request, permission);
+    },
+    admin: () => async (request) => checkAdmin(request, header(request, 'x-admin-api-key')),
+  };
+}

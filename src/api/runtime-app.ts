@@ -1,0 +1,49 @@
+import type { FastifyInstance } from 'fastify';
+import type { Logger } from 'pino';
+import type { AuditLog } from '../domain/audit.js';
+import type { Authenticator } from '../domain/authenticator.js';
+import type { ListingService } from '../domain/listing.js';
+import type { RuntimeService } from '../domain/runtime.js';
+import type { Metrics } from '../observability/metrics.js';
+import { createBaseApp } from './base.js';
+import { authHooks, type AuthHooks } from './plugins/auth.js';
+import { healthRoutes } from './routes/health.js';
+import { reservationRoutes } from './routes/reservations.js';
+import { runtimeMiscRoutes } from './routes/runtime-misc.js';
+
+export interface RuntimeDeps {
+  runtime: RuntimeService;
+  listing: ListingService;
+  audit: AuditLog;
+  hooks: AuthHooks;
+}
+
+export interface RuntimeAppOptions {
+  logger: Logger;
+  bodyLimitBytes: number;
+  metrics: Metrics;
+  authenticator: Authenticator;
+  runtime: RuntimeService;
+  listing: ListingService;
+  audit: AuditLog;
+  pingRedis: () => Promise<boolean>;
+}
+
+/** The runtime plane (:7878). Never listens; the CLI or a test does. */
+export async function buildRuntimeApp(opts: RuntimeAppOptions): Promise<FastifyInstance> {
+  const app = createBaseApp({ plane: 'runtime', logger: opts.logger, bodyLimitBytes: opts.bodyLimitBytes, metrics: opts.metrics });
+  const hooks = authHooks(opts.authenticator, 'UNAUTHORIZED');
+  // The reference sends these sentinels on every /v1 response; clients and dashboards read them.
+  app.addHook('onRequest', async (request, reply) => {
+    if (request.url.startsWith('/v1/')) {
+      reply.header('x-ratelimit-remaining', '-1');
+      reply.header('x-ratelimit-reset', '0');
+    }
+  });
+  const deps: RuntimeDeps = { runtime: opts.runtime, listing: opts.listing, audit: opts.audit, hooks };
+  await app.register(async (scope) => reservationRoutes(scope, deps));
+  await app.register(async (scope) => runtimeMiscRoutes(scope, deps));
+  await app.register(async (scope) =>
+    healthRoutes(scope, { pingRedis: opts.pingRedis, metrics: opts.metrics, metricsAuth: hooks.admin() }));
+  return app;
+}

@@ -1,0 +1,201 @@
+#!/usr/bin/env node
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdirSync } from 'node:fs';
+import { resolve } from 'node:path';
+import net from 'node:net';
+import closeWithGrace from 'close-with-grace';
+import { loadConfig, type Config } from './config.js';
+import { createLogger } from './observability/logger.js';
+import { createSystem, type System } from './system.js';
+import { redactRedisUrl } from './store/redis.js';
+import type { FastifyInstance } from 'fastify';
+
+/**
+ * Composition root and command line: `cycles all|runtime|admin|events` start services;
+ * `cycles tenant create`, `cycles key create`, `cycles budget create|fund` run the same store
+ * functions the admin API uses, for people without curl at hand.
+ */
+
+const USAGE = `usage:
+  cycles all | runtime | admin | events        start services (all: every plane in one process)
+  cycles tenant create <tenant_id> [--name N]
+  cycles key create <tenant_id> [--name N] [--permissions p1,p2]
+  cycles budget create <tenant_id> <scope> <unit> <allocated> [--overdraft-limit N]
+  cycles budget fund <tenant_id> <scope> <unit> <CREDIT|DEBIT|RESET|RESET_SPENT|REPAY_DEBT> <amount>
+environment: REDIS_URL, ADMIN_API_KEY and the settings in docs/configuration.md`;
+
+/** How long to wait for an embedded redis-server to answer before giving up. */
+const EMBEDDED_START_TIMEOUT_MS = 10_000;
+
+function portAnswers(host: string, port: number, timeoutMs = 500): Promise<boolean> {
+  return new Promise((done) => {
+    const socket = net.connect({ host, port });
+    const finish = (ok: boolean) => {
+      socket.destroy();
+      done(ok);
+    };
+    socket.setTimeout(timeoutMs, () => finish(false));
+    socket.once('connect', () => {
+      socket.write('PING\r\n');
+      socket.once('data', (d) => finish(d.toString().startsWith('+PONG')));
+    });
+    socket.once('error', () => finish(false));
+  });
+}
+
+/**
+ * REDIS_URL when set; else a Redis on 127.0.0.1:6379 if one answers; else a local redis-server
+ * with AOF and noeviction under the data directory; else a clear message on how to get one.
+ */
+async function resolveRedis(config: Config, log: (msg: string) => void): Promise<string> {
+  if (config.redisUrl) return config.redisUrl;
+  if (await portAnswers('127.0.0.1', 6379)) {
+    log('REDIS_URL not set; using the Redis answering on 127.0.0.1:6379');
+    return 'redis://127.0.0.1:6379';
+  }
+  const probe = spawnSync('redis-server', ['--version'], { stdio: 'ignore' });
+  if (probe.error || probe.status !== 0) {
+    process.stderr.write(
+      'No Redis found: REDIS_URL is not set, nothing answers on 127.0.0.1:6379 and there is no redis-server binary.\n' +
+        'Install Redis 7 (Debian/Ubuntu: apt-get install redis-server; macOS: brew install redis) or set REDIS_URL.\n',
+    );
+    process.exit(1);
+  }
+  const dir = resolve(config.dataDir);
+  mkdirSync(dir, { recursive: true });
+  const port = 6390;
+  const child = spawn(
+    'redis-server',
+    ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--appendonly', 'yes', '--appendfsync', 'everysec',
+      '--maxmemory-policy', 'noeviction', '--daemonize', 'no', '--save', '3600 1 300 100'],
+    { stdio: 'ignore' },
+  );
+  process.once('exit', () => child.kill('SIGTERM'));
+  const deadline = Date.now() + EMBEDDED_START_TIMEOUT_MS;
+  while (Date.now() < deadline) {
+    if (await portAnswers('127.0.0.1', port)) {
+      log(`started an embedded redis-server on 127.0.0.1:${port} (AOF on, data in ${dir})`);
+      return `redis://127.0.0.1:${port}`;
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  process.stderr.write(`redis-server did not start on port ${port} within ${EMBEDDED_START_TIMEOUT_MS} ms\n`);
+  process.exit(1);
+}
+
+function flag(args: string[], name: string): string | undefined {
+  const i = args.indexOf(name);
+  return i === -1 ? undefined : args[i + 1];
+}
+
+async function startServices(which: string, config: Config): Promise<void> {
+  const logger = createLogger(config.logLevel);
+  const redisUrl = await resolveRedis(config, (m) => logger.info(m));
+  logger.info({ redis: redactRedisUrl(redisUrl) }, 'connecting to Redis');
+  if (!config.adminApiKey) logger.warn('ADMIN_API_KEY is not set: admin endpoints will answer 500 until it is configured');
+  const system = await createSystem({ ...config, redisUrl, logger });
+  const apps: FastifyInstance[] = [];
+  const listen = async (app: FastifyInstance, port: number, plane: string) => {
+    await app.listen({ host: config.host, port });
+    apps.push(app);
+    logger.info({ plane, port }, 'listening');
+  };
+  if (which === 'all' || which === 'runtime') await listen(await system.buildRuntimeApp(), config.runtimePort, 'runtime');
+  if (which === 'all' || which === 'admin') await listen(await system.buildAdminApp(), config.adminPort, 'admin');
+  if (which === 'all' || which === 'events') {
+    await listen(await system.buildEventsApp(), config.eventsPort, 'events');
+    system.sweep.start();
+  }
+  closeWithGrace({ delay: 10_000 }, async ({ signal, err }) => {
+    if (err) logger.error({ err }, 'shutting down after an error');
+    else logger.info({ signal }, 'shutting down');
+    await Promise.all(apps.map((a) => a.close()));
+    await system.close();
+  });
+}
+
+async function withSystem<T>(config: Config, fn: (system: System) => Promise<T>): Promise<T> {
+  const logger = createLogger(config.logLevel === 'info' ? 'warn' : config.logLevel);
+  const redisUrl = await resolveRedis(config, (m) => process.stderr.write(`${m}\n`));
+  const system = await createSystem({ ...config, redisUrl, logger });
+  try {
+    return await fn(system);
+  } finally {
+    await system.close();
+  }
+}
+
+const CLI_CORRELATION = { requestId: 'cli', traceId: '0'.repeat(31) + '1' };
+
+async function main(argv: string[]): Promise<void> {
+  const [command, sub, ...rest] = argv;
+  const config = loadConfig();
+  const print = (v: unknown) => process.stdout.write(`${JSON.stringify(v, null, 2)}\n`);
+  switch (command) {
+    case 'all':
+    case 'runtime':
+    case 'admin':
+    case 'events':
+      return startServices(command, config);
+    case 'tenant':
+      if (sub === 'create' && rest[0]) {
+        return withSystem(config, async (s) => {
+          const { tenant } = await s.admin.createTenant({ kind: 'admin' }, { tenant_id: rest[0], name: flag(rest, '--name') ?? rest[0] }, CLI_CORRELATION);
+          print(tenant);
+        });
+      }
+      break;
+    case 'key':
+      if (sub === 'create' && rest[0]) {
+        return withSystem(config, async (s) => {
+          const perms = flag(rest, '--permissions');
+          const key = await s.admin.createApiKey({
+            tenant_id: rest[0],
+            name: flag(rest, '--name') ?? 'cli key',
+            ...(perms ? { permissions: perms.split(',') } : {}),
+          });
+          print(key);
+          process.stderr.write('The key_secret is shown only once; store it now.\n');
+        });
+      }
+      break;
+    case 'budget':
+      if (sub === 'create' && rest.length >= 4) {
+        const [tenantId, scope, unit, allocated] = rest;
+        return withSystem(config, async (s) => {
+          const od = flag(rest, '--overdraft-limit');
+          print(
+            await s.admin.createBudget({ kind: 'admin' }, {
+              tenant_id: tenantId,
+              scope,
+              unit,
+              allocated: { unit, amount: Number(allocated) },
+              ...(od ? { overdraft_limit: { unit, amount: Number(od) } } : {}),
+            }, CLI_CORRELATION),
+          );
+        });
+      }
+      if (sub === 'fund' && rest.length >= 5) {
+        const [tenantId, scope, unit, operation, amount] = rest;
+        return withSystem(config, async (s) => {
+          print(
+            await s.admin.fundBudget({ kind: 'admin' }, { scope: scope!, unit: unit!, tenant_id: tenantId }, {
+              operation: operation!,
+              amount: { unit: unit!, amount: Number(amount) },
+            }, CLI_CORRELATION),
+          );
+        });
+      }
+      break;
+    default:
+      break;
+  }
+  process.stderr.write(`${USAGE}\n`);
+  process.exit(command === undefined || command === 'help' || command === '--help' ? 0 : 2);
+}
+
+main(process.argv.slice(2)).catch((err: unknown) => {
+  const e = err as { code?: string; message?: string };
+  process.stderr.write(`cycles: ${e.code ? `${e.code}: ` : ''}${e.message ?? String(err)}\n`);
+  process.exit(1);
+});

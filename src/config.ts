@@ -1,0 +1,67 @@
+/**
+ * The one place that reads process.env. Every setting has a documented default (see
+ * docs/configuration.md) and is validated at start, so a typo fails loudly instead of silently
+ * running with a default.
+ */
+export interface Config {
+  redisUrl: string | undefined;
+  adminApiKey: string | undefined;
+  host: string;
+  runtimePort: number;
+  adminPort: number;
+  eventsPort: number;
+  keyPrefix: string;
+  expiryIntervalMs: number;
+  expiryBatchSize: number;
+  reservationRetentionMs: number;
+  bodyLimitBytes: number;
+  authCacheTtlMs: number;
+  logLevel: string;
+  dataDir: string;
+  nodeEnv: string;
+}
+
+type Env = Record<string, string | undefined>;
+
+function int(env: Env, name: string, fallback: number, min: number, max: number): number {
+  const raw = env[name];
+  if (raw === undefined || raw === '') return fallback;
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < min || n > max) {
+    throw new Error(`${name} must be an integer in [${min}, ${max}], got '${raw}'`);
+  }
+  return n;
+}
+
+function str(env: Env, name: string, fallback: string): string {
+  const raw = env[name];
+  return raw === undefined || raw === '' ? fallback : raw;
+}
+
+const DAY_MS = 86_400_000;
+
+export function loadConfig(env: Env = process.env): Config {
+  const logLevel = str(env, 'LOG_LEVEL', 'info');
+  if (!['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].includes(logLevel)) {
+    throw new Error(`LOG_LEVEL must be one of fatal, error, warn, info, debug, trace, silent; got '${logLevel}'`);
+  }
+  const keyPrefix = str(env, 'CYCLES_KEY_PREFIX', 'cycles');
+  if (!/^[A-Za-z0-9_.-]{1,32}$/.test(keyPrefix)) throw new Error('CYCLES_KEY_PREFIX must match [A-Za-z0-9_.-]{1,32}');
+  return {
+    redisUrl: env.REDIS_URL || undefined,
+    adminApiKey: env.ADMIN_API_KEY || undefined,
+    host: str(env, 'CYCLES_HOST', '0.0.0.0'),
+    runtimePort: int(env, 'CYCLES_RUNTIME_PORT', 7878, 0, 65535),
+    adminPort: int(env, 'CYCLES_ADMIN_PORT', 7979, 0, 65535),
+    eventsPort: int(env, 'CYCLES_EVENTS_PORT', 7980, 0, 65535),
+    keyPrefix,
+    expiryIntervalMs: int(env, 'CYCLES_EXPIRY_INTERVAL_MS', 5000, 100, 3_600_000),
+    expiryBatchSize: int(env, 'CYCLES_EXPIRY_BATCH_SIZE', 200, 1, 10_000),
+    reservationRetentionMs: int(env, 'CYCLES_RESERVATION_RETENTION_MS', 30 * DAY_MS, 60_000, 3650 * DAY_MS),
+    bodyLimitBytes: int(env, 'CYCLES_BODY_LIMIT_BYTES', 65_536, 1024, 10_485_760),
+    authCacheTtlMs: int(env, 'CYCLES_AUTH_CACHE_TTL_MS', 1000, 0, 60_000),
+    logLevel,
+    dataDir: str(env, 'CYCLES_DATA_DIR', '.cycles'),
+    nodeEnv: str(env, 'NODE_ENV', 'production'),
+  };
+}

@@ -1,0 +1,23 @@
+/** Who is calling: a tenant API key (with its permissions) or the operator's admin key. */
+export type AuthContext =
+  | { kind: 'tenant'; tenantId: string; keyId: string; permissions: readonly string[]; scopeFilter: readonly string[] }
+  | { kind: 'admin' };
+
+/** Request correlation carried into events and audit entries. */
+export interface Correlation {
+  requestId: string;
+  traceId: string;
+}
+
+export function actorJson(auth: AuthContext, sourceIp?: string): string {
+  if (auth.kind === 'admin') return JSON.stringify({ type: 'admin', ...(sourceIp ? { source_ip: sourceIp } : {}) });
+  return JSON.stringify({ type: 'api_key', key_id: auth.keyId, ...(sourceIp ? { source_ip: sourceIp } : {}) });
+}
+
+/** Runtime permissions (Permission enum). admin:read / admin:write are wildcards of their kind. */
+export function hasPermission(permissions: readonly string[], needed: string): boolean {
+  if (permissions.includes(needed)) return true;
+  if (needed.endsWith(':read') && permissions.includes('admin:read')) return true;
+  if (needed.endsWith(':write') && permissions.includes('admin:write')) return true;
+  return false;
+}

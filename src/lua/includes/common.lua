@@ -1,0 +1,122 @@
+-- Shared helpers, inlined by the script loader where a script says  --- @include "common"
+-- Amounts are kept as integer strings in Redis; Lua numbers are doubles, exact up to 2^53, and
+-- every number written back goes through fmt() so it is never rendered in exponent form.
+
+local MAX_AMOUNT = 9007199254740991
+
+local function fmt(n)
+  return string.format('%.0f', n)
+end
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function num(v)
+  if v == false or v == nil or v == '' then return 0 end
+  return tonumber(v) or 0
+end
+
+local function js(s)
+  return cjson.encode(s)
+end
+
+-- A JSON object from alternating key, raw-JSON-value arguments (values already encoded).
+local function jobj(parts)
+  local out = {}
+  for i = 1, #parts, 2 do
+    if parts[i + 1] ~= nil then
+      out[#out + 1] = js(parts[i]) .. ':' .. parts[i + 1]
+    end
+  end
+  return '{' .. table.concat(out, ',') .. '}'
+end
+
+local function jamount(unit, n)
+  return '{"unit":' .. js(unit) .. ',"amount":' .. fmt(n) .. '}'
+end
+
+-- Splits a scope path into its cumulative prefixes, shortest first.
+local function prefixes(path)
+  local out = {}
+  local acc = nil
+  for seg in string.gmatch(path, '[^/]+') do
+    if acc then acc = acc .. '/' .. seg else acc = seg end
+    out[#out + 1] = acc
+  end
+  return out
+end
+
+-- Reads the tenant guard state. Returns 'NONE', 'OK', 'CLOSED' or 'MALFORMED'.
+local function tenant_state(tenant_key)
+  local status = redis.call('HGET', tenant_key, 'status')
+  if not status then
+    if redis.call('EXISTS', tenant_key) == 1 then return 'MALFORMED' end
+    return 'NONE'
+  end
+  if status == 'CLOSED' then return 'CLOSED' end
+  if status == 'ACTIVE' or status == 'SUSPENDED' then return 'OK' end
+  return 'MALFORMED'
+end
+
+local LEDGER_FIELDS = {'allocated', 'spent', 'reserved', 'debt', 'overdraft_limit', 'over_limit', 'status'}
+
+-- Loads a ledger hash; nil when the budget does not exist.
+local function load_ledger(key)
+  local v = redis.call('HMGET', key, unpack(LEDGER_FIELDS))
+  if not v[1] then return nil end
+  local l = {
+    key = key,
+    allocated = num(v[1]), spent = num(v[2]), reserved = num(v[3]), debt = num(v[4]),
+    overdraft_limit = num(v[5]), over_limit = (v[6] == '1'), status = v[7] or 'ACTIVE',
+  }
+  l.remaining = l.allocated - l.spent - l.reserved - l.debt
+  return l
+end
+
+-- Appends one event to the tenant outbox. The relay turns it into a stored event and deliveries.
+local event_seq = 0
+local function emit(outbox, ctx, event_type, category, scope, data_json)
+  event_seq = event_seq + 1
+  local event_id = ctx.event_base .. string.format('%02x', event_seq)
+  local parts = {
+    'event_id', js(event_id),
+    'event_type', js(event_type),
+    'category', js(category),
+    'timestamp_ms', fmt(ctx.now),
+    'tenant_id', js(ctx.tenant),
+    'scope', scope and js(scope) or nil,
+    'actor', ctx.actor,
+    'source', js(ctx.source or 'cycles-runtime'),
+    'data', data_json,
+    'request_id', ctx.request_id ~= '' and js(ctx.request_id) or nil,
+    'trace_id', ctx.trace_id ~= '' and js(ctx.trace_id) or nil,
+  }
+  redis.call('XADD', outbox, '*', 'event', jobj(parts))
+  return event_id
+end
+
+-- Budget-state events that follow a spend (commit or direct event) on one ledger.
+local function emit_spend_events(outbox, ctx, scope, unit, before, after)
+  if after.debt > before.debt then
+    emit(outbox, ctx, 'budget.debt_incurred', 'budget', scope, jobj({
+      'scope', js(scope), 'unit', js(unit), 'debt_incurred', fmt(after.debt - before.debt),
+      'total_debt', fmt(after.debt), 'overdraft_limit', fmt(after.overdraft_limit),
+    }))
+  end
+  if after.over_limit and not before.over_limit then
+    local util = 'null'
+    if after.overdraft_limit > 0 then util = string.format('%.6f', after.debt / after.overdraft_limit) end
+    emit(outbox, ctx, 'budget.over_limit_entered', 'budget', scope, jobj({
+      'scope', js(scope), 'unit', js(unit), 'debt', fmt(after.debt),
+      'overdraft_limit', fmt(after.overdraft_limit), 'is_over_limit', 'true', 'debt_utilization', util,
+    }))
+  end
+  if before.remaining > 0 and after.remaining <= 0 then
+    emit(outbox, ctx, 'budget.exhausted', 'budget', scope, jobj({
+      'scope', js(scope), 'unit', js(unit), 'allocated', fmt(after.allocated),
+      'remaining', fmt(after.remaining), 'spent', fmt(after.spent), 'reserved', fmt(after.reserved),
+    }))
+  end
+end

@@ -1,0 +1,54 @@
+--[[
+  Releases an ACTIVE reservation: returns the held estimate to every budgeted scope.
+
+  Input:
+    KEYS[1]  tenant record hash      P:{t}:tenant
+    KEYS[2]  reservation hash        P:{t}:r:<rid>
+    KEYS[3]  expiry index            P:{t}:exp
+    KEYS[4]  outbox stream           P:{t}:outbox
+
+    ARGV[1]  caller tenant ('' for the admin key)   ARGV[2] idempotency key
+    ARGV[3]  payload hash                           ARGV[4] reason or ''
+    ARGV[5]  retention of finalized records, ms     ARGV[6] reservation id
+
+  Output:
+    {'OK', now, released, unit}  /  {'REPLAY', now, released, unit}  /  {<ERROR_CODE>, now, detail...}
+    Errors: NOT_FOUND, FORBIDDEN, IDEMPOTENCY_MISMATCH, TENANT_CLOSED, RESERVATION_EXPIRED,
+    RESERVATION_FINALIZED, INTERNAL_ERROR.
+
+  Side effects: ledgers reserved -= estimate; reservation status RELEASED; expiry entry removed.
+]]
+--- @include "common"
+--- @include "reservation"
+
+local now = now_ms()
+local r = load_reservation(KEYS[2])
+if not r then return {'NOT_FOUND', now} end
+if ARGV[1] ~= '' and ARGV[1] ~= r.tenant then return {'FORBIDDEN', now} end
+
+if r.rkey and r.rkey == ARGV[2] then
+  if r.rhash ~= ARGV[3] then return {'IDEMPOTENCY_MISMATCH', now} end
+  return {'REPLAY', now, r.rres, r.unit}
+end
+
+local tstate = tenant_state(KEYS[1])
+if tstate == 'MALFORMED' then return {'INTERNAL_ERROR', now, 'tenant record is malformed'} end
+if tstate == 'CLOSED' then return {'TENANT_CLOSED', now} end
+if r.status == 'EXPIRED' then return {'RESERVATION_EXPIRED', now} end
+if r.status ~= 'ACTIVE' then return {'RESERVATION_FINALIZED', now, r.status} end
+if now > r.expires + r.grace then return {'RESERVATION_EXPIRED', now} end
+
+local prefix = string.sub(KEYS[1], 1, #KEYS[1] - #'tenant')
+for _, l in ipairs(held_ledgers(prefix, r)) do
+  redis.call('HINCRBY', l.key, 'reserved', fmt(-r.estimate))
+end
+local fields = {'status', 'RELEASED', 'finalized', fmt(now), 'rkey', ARGV[2], 'rhash', ARGV[3],
+  'rres', fmt(r.estimate)}
+if ARGV[4] ~= '' then
+  fields[#fields + 1] = 'reason'
+  fields[#fields + 1] = ARGV[4]
+end
+redis.call('HSET', KEYS[2], unpack(fields))
+redis.call('ZREM', KEYS[3], ARGV[6])
+redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[5]))
+return {'OK', now, fmt(r.estimate), r.unit}

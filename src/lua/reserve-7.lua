@@ -1,0 +1,171 @@
+--[[
+  Evaluates a reservation request and, when live and allowed, holds the estimate on every
+  budgeted derived scope. Also serves dry_run and /v1/decide (evaluation only, no hold).
+
+  Input:
+    KEYS[1]  tenant record hash              P:{t}:tenant
+    KEYS[2]  idempotency record              P:{t}:i:<reserve|decide>:<key>
+    KEYS[3]  reservation hash (new id)       P:{t}:r:<rid>
+    KEYS[4]  reservation listing index       P:{t}:rix
+    KEYS[5]  expiry index                    P:{t}:exp
+    KEYS[6]  outbox stream                   P:{t}:outbox
+    KEYS[7]  scope -> units hash             P:{t}:bunits
+    KEYS[8..] ledger of each derived scope in the requested unit, canonical order
+
+    ARGV[1]  reservation id (used only when a live reservation is created)
+    ARGV[2]  payload hash (canonical JSON of the request body)
+    ARGV[3]  mode: 'live' | 'dry' (dry_run=true or decide)
+    ARGV[4]  estimate amount
+    ARGV[5]  unit
+    ARGV[6]  requested ttl_ms ('' = tenant default or 60000)
+    ARGV[7]  grace_period_ms
+    ARGV[8]  requested overage policy ('' = tenant default or ALLOW_IF_AVAILABLE)
+    ARGV[9]  subject JSON        ARGV[10] action JSON       ARGV[11] metadata JSON or ''
+    ARGV[12] scope path          ARGV[13] idempotency key   ARGV[14] minimum idempotency TTL ms
+    ARGV[15] event id base       ARGV[16] request id        ARGV[17] trace id
+    ARGV[18] actor JSON          ARGV[19] tenant id
+
+  Output (array):
+    {'OK', now, 'ALLOW', rid, expires_at, created_at}             live reservation created
+    {'OK', now, decision, reason_code}                            dry evaluation
+    {'REPLAY', now, <stored result fields...>, reservation status} same key, same payload
+    {<ERROR_CODE>, now, scope, detail...}                         refusal, nothing held
+
+  Side effects: ledger reserved += estimate on each budgeted scope; reservation hash; listing and
+  expiry index entries; idempotency record; reservation.denied event on a budget denial.
+]]
+--- @include "common"
+
+local now = now_ms()
+local mode = ARGV[3]
+local estimate = tonumber(ARGV[4])
+local unit = ARGV[5]
+local ctx = {
+  now = now, event_base = ARGV[15], request_id = ARGV[16], trace_id = ARGV[17],
+  actor = ARGV[18], tenant = ARGV[19],
+}
+local SEP = '\31'
+
+-- 1. Idempotency: replay or mismatch before anything else.
+local idem = redis.call('HMGET', KEYS[2], 'h', 'r', 'x')
+if idem[1] then
+  if idem[1] ~= ARGV[2] then return {'IDEMPOTENCY_MISMATCH', now} end
+  local out = {'REPLAY', now}
+  for field in string.gmatch(idem[2], '[^' .. SEP .. ']+') do out[#out + 1] = field end
+  local status = ''
+  if idem[3] then
+    local prefix = string.sub(KEYS[1], 1, #KEYS[1] - #'tenant')
+    status = redis.call('HGET', prefix .. 'r:' .. idem[3], 'status') or ''
+  end
+  out[#out + 1] = status
+  return out
+end
+
+local function remember(result, ttl_ms, rid)
+  redis.call('HSET', KEYS[2], 'h', ARGV[2], 'r', table.concat(result, SEP))
+  if rid then redis.call('HSET', KEYS[2], 'x', rid) end
+  redis.call('PEXPIRE', KEYS[2], ttl_ms)
+end
+
+local min_idem_ttl = tonumber(ARGV[14])
+local scopes = prefixes(ARGV[12])
+
+local function denied_event(reason, scope, remaining)
+  emit(KEYS[6], ctx, 'reservation.denied', 'reservation', scope, jobj({
+    'scope', js(scope), 'reason_code', js(reason), 'requested_amount', fmt(estimate),
+    'unit', js(unit), 'remaining', remaining and fmt(remaining) or nil,
+    'action', ARGV[10], 'subject', ARGV[9], 'dry_run', mode == 'dry' and 'true' or 'false',
+  }))
+end
+
+local function deny(reason, scope, remaining)
+  denied_event(reason, scope, remaining)
+  if mode == 'dry' then
+    local result = {'DENY', reason}
+    remember(result, min_idem_ttl, nil)
+    return {'OK', now, 'DENY', reason}
+  end
+  return {reason, now, scope or '', remaining and fmt(remaining) or ''}
+end
+
+-- 2. Closed-tenant guard (a replay above already won over it).
+local tstate = tenant_state(KEYS[1])
+if tstate == 'MALFORMED' then return {'INTERNAL_ERROR', now, 'tenant record is malformed'} end
+if tstate == 'CLOSED' then
+  if mode == 'dry' then return deny('TENANT_CLOSED', scopes[1], nil) end
+  return {'TENANT_CLOSED', now, scopes[1]}
+end
+
+-- 3. Walk the derived scopes in canonical order; scopes without a ledger in this unit are skipped.
+local ledgers = {}
+local mask = {}
+for i = 1, #scopes do
+  local l = load_ledger(KEYS[7 + i])
+  if l then
+    l.scope = scopes[i]
+    ledgers[#ledgers + 1] = l
+    mask[i] = '1'
+    if l.status == 'FROZEN' then return deny('BUDGET_FROZEN', l.scope, l.remaining) end
+    if l.status == 'CLOSED' then return deny('BUDGET_CLOSED', l.scope, l.remaining) end
+    if l.over_limit then return deny('OVERDRAFT_LIMIT_EXCEEDED', l.scope, l.remaining) end
+    if l.debt > 0 and l.overdraft_limit == 0 then return deny('DEBT_OUTSTANDING', l.scope, l.remaining) end
+    if l.remaining < estimate then return deny('BUDGET_EXCEEDED', l.scope, l.remaining) end
+  else
+    mask[i] = '0'
+  end
+end
+
+if #ledgers == 0 then
+  -- A budget in another unit makes this a client error; no budget at all is "not found".
+  for i = 1, #scopes do
+    local units = redis.call('HGET', KEYS[7], scopes[i])
+    if units and units ~= '' then return {'UNIT_MISMATCH', now, scopes[i], units} end
+  end
+  if mode == 'dry' then
+    local result = {'DENY', 'BUDGET_NOT_FOUND'}
+    remember(result, min_idem_ttl, nil)
+    return {'OK', now, 'DENY', 'BUDGET_NOT_FOUND'}
+  end
+  return {'NOT_FOUND', now, ARGV[12]}
+end
+
+if mode == 'dry' then
+  local result = {'ALLOW', '-'}
+  remember(result, min_idem_ttl, nil)
+  return {'OK', now, 'ALLOW', '-'}
+end
+
+-- 4. Live: resolve TTL and overage policy from the request and the tenant defaults.
+local t = redis.call('HMGET', KEYS[1], 'default_reservation_ttl_ms', 'max_reservation_ttl_ms',
+  'default_commit_overage_policy')
+local ttl = tonumber(ARGV[6]) or tonumber(t[1]) or 60000
+local max_ttl = tonumber(t[2]) or 3600000
+if ttl > max_ttl then ttl = max_ttl end
+local grace = tonumber(ARGV[7])
+local policy = ARGV[8]
+if policy == '' then policy = t[3] or 'ALLOW_IF_AVAILABLE' end
+
+local rid = ARGV[1]
+local expires = now + ttl
+for _, l in ipairs(ledgers) do
+  redis.call('HINCRBY', l.key, 'reserved', fmt(estimate))
+end
+local fields = {
+  'status', 'ACTIVE', 'tenant', ctx.tenant, 'subject', ARGV[9], 'action', ARGV[10],
+  'unit', unit, 'estimate', fmt(estimate), 'scope_path', ARGV[12], 'mask', table.concat(mask),
+  'created', fmt(now), 'expires', fmt(expires), 'grace', fmt(grace), 'policy', policy,
+  'ext', '0', 'idem', ARGV[13],
+}
+if ARGV[11] ~= '' then
+  fields[#fields + 1] = 'meta'
+  fields[#fields + 1] = ARGV[11]
+end
+redis.call('HSET', KEYS[3], unpack(fields))
+redis.call('ZADD', KEYS[4], now, rid)
+redis.call('ZADD', KEYS[5], expires + grace, rid)
+
+local result = {'ALLOW', rid, fmt(expires), fmt(now)}
+local idem_ttl = ttl + grace
+if idem_ttl < min_idem_ttl then idem_ttl = min_idem_ttl end
+remember(result, idem_ttl, rid)
+return {'OK', now, 'ALLOW', rid, fmt(expires), fmt(now)}

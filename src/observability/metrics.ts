@@ -1,0 +1,49 @@
+import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+/**
+ * Prometheus metrics of one process. Names follow the `cycles_` prefix; HTTP metrics are
+ * labelled by operation (route), HTTP status and protocol error code.
+ */
+export class Metrics {
+  readonly registry = new Registry();
+  readonly httpRequests: Counter<'plane' | 'operation' | 'status' | 'outcome'>;
+  readonly httpDuration: Histogram<'plane' | 'operation' | 'outcome'>;
+  readonly decisions: Counter<'operation' | 'decision'>;
+  readonly scriptDuration: Histogram<'script' | 'result'>;
+  readonly expired: Counter;
+
+  constructor() {
+    collectDefaultMetrics({ register: this.registry, prefix: 'cycles_process_' });
+    this.httpRequests = new Counter({
+      name: 'cycles_http_requests_total',
+      help: 'HTTP requests by plane, operation, status and outcome (ok or the protocol error code)',
+      labelNames: ['plane', 'operation', 'status', 'outcome'],
+      registers: [this.registry],
+    });
+    this.httpDuration = new Histogram({
+      name: 'cycles_http_request_duration_seconds',
+      help: 'HTTP request latency by plane, operation and outcome',
+      labelNames: ['plane', 'operation', 'outcome'],
+      buckets: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+      registers: [this.registry],
+    });
+    this.decisions = new Counter({
+      name: 'cycles_reservation_decisions_total',
+      help: 'Reservation evaluations by operation (reserve, reserve_dry_run, decide) and decision',
+      labelNames: ['operation', 'decision'],
+      registers: [this.registry],
+    });
+    this.scriptDuration = new Histogram({
+      name: 'cycles_redis_script_duration_seconds',
+      help: 'Latency of one ledger Lua script call (EVALSHA round trip) by script and result',
+      labelNames: ['script', 'result'],
+      buckets: [0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5],
+      registers: [this.registry],
+    });
+    this.expired = new Counter({
+      name: 'cycles_reservations_expired_total',
+      help: 'Reservations expired by the expiry sweep',
+      registers: [this.registry],
+    });
+  }
+}

@@ -1,0 +1,221 @@
+import type { Keys } from './keys.js';
+import type { RedisClient, Scripts } from './scripts.js';
+
+/** Context every admin mutation passes to its script, for the event it appends. */
+export interface EmitContext {
+  eventIdBase: string;
+  requestId: string;
+  traceId: string;
+  actorJson: string;
+}
+
+export type RecordFields = Record<string, string>;
+
+function pairs(fields: RecordFields): string[] {
+  const out: string[] = [];
+  for (const [k, v] of Object.entries(fields)) out.push(k, v);
+  return out;
+}
+
+function nonEmpty(rec: Record<string, string>): Record<string, string> | undefined {
+  return rec && Object.keys(rec).length > 0 ? rec : undefined;
+}
+
+/** The governance plane's store: tenants, API keys, budgets and the audit log. */
+export class AdminStore {
+  constructor(
+    readonly redis: RedisClient,
+    readonly scripts: Scripts,
+    readonly keys: Keys,
+  ) {}
+
+  // ------------------------------------------------------------------ tenants
+
+  /**
+   * Registers the tenant id first (harmless if the record write below never happens), then
+   * creates the record atomically in the tenant's slot.
+   */
+  async createTenant(tenantId: string, name: string, fields: RecordFields, createdAtMs: number, e: EmitContext): Promise<string> {
+    await this.redis.zadd(this.keys.tenantRegistry(), 'NX', createdAtMs, tenantId);
+    const reply = await this.scripts.run(
+      'tenant-create',
+      [this.keys.tenant(tenantId), this.keys.outbox(tenantId)],
+      [name, e.eventIdBase, e.requestId, e.traceId, e.actorJson, tenantId, ...pairs(fields)],
+    );
+    return String(reply[0]);
+  }
+
+  async getTenant(tenantId: string): Promise<RecordFields | undefined> {
+    return nonEmpty(await this.redis.hgetall(this.keys.tenant(tenantId)));
+  }
+
+  async updateTenant(
+    tenantId: string,
+    status: string | undefined,
+    nowIso: string,
+    set: RecordFields,
+    unset: string[],
+    e: EmitContext,
+  ): Promise<{ result: string; detail: string }> {
+    const reply = await this.scripts.run(
+      'tenant-update',
+      [this.keys.tenant(tenantId), this.keys.outbox(tenantId)],
+      [status ?? '', nowIso, e.eventIdBase, e.requestId, e.traceId, e.actorJson, tenantId, unset.join(','), ...pairs(set)],
+    );
+    return { result: String(reply[0]), detail: reply[1] === undefined ? '' : String(reply[1]) };
+  }
+
+  /** Tenant ids in registry order, from `offset`; used by the expiry sweep (not a keyspace scan). */
+  async tenantIds(offset: number, count: number): Promise<string[]> {
+    return this.redis.zrange(this.keys.tenantRegistry(), offset, offset + count - 1);
+  }
+
+  // ------------------------------------------------------------------ API keys
+
+  async createApiKey(keyId: string, tenantId: string, secretHash: string, fields: RecordFields): Promise<void> {
+    await this.redis.hset(this.keys.apiKey(keyId), { ...fields, key_id: keyId, tenant_id: tenantId, key_hash: secretHash });
+    await this.redis.sadd(this.keys.tenantKeys(tenantId), keyId);
+    // The lookup entry is written last: until it exists the key cannot authenticate.
+    await this.redis.set(this.keys.apiKeyByHash(secretHash), keyId);
+  }
+
+  async getApiKey(keyId: string): Promise<RecordFields | undefined> {
+    return nonEmpty(await this.redis.hgetall(this.keys.apiKey(keyId)));
+  }
+
+  async findApiKeyBySecretHash(secretHash: string): Promise<RecordFields | undefined> {
+    const keyId = await this.redis.get(this.keys.apiKeyByHash(secretHash));
+    if (!keyId) return undefined;
+    return this.getApiKey(keyId);
+  }
+
+  async revokeApiKey(keyId: string, fields: RecordFields): Promise<void> {
+    await this.redis.hset(this.keys.apiKey(keyId), fields);
+    await this.redis.publish(this.keys.authInvalidationChannel(), keyId);
+  }
+
+  // ------------------------------------------------------------------ budgets
+
+  async createBudget(
+    tenantId: string,
+    scope: string,
+    unit: string,
+    allocated: number,
+    overdraftLimit: number,
+    extra: RecordFields,
+    e: EmitContext,
+  ): Promise<{ result: string; detail: string }> {
+    const k = this.keys;
+    const reply = await this.scripts.run(
+      'budget-create',
+      [k.tenant(tenantId), k.budget(tenantId, scope, unit), k.budgetIndex(tenantId), k.budgetUnits(tenantId), k.outbox(tenantId)],
+      [scope, unit, String(allocated), String(overdraftLimit), e.eventIdBase, e.requestId, e.traceId, e.actorJson, tenantId, ...pairs(extra)],
+    );
+    return { result: String(reply[0]), detail: reply[1] === undefined ? '' : String(reply[1]) };
+  }
+
+  async getBudget(tenantId: string, scope: string, unit: string): Promise<RecordFields | undefined> {
+    return nonEmpty(await this.redis.hgetall(this.keys.budget(tenantId, scope, unit)));
+  }
+
+  async fundBudget(args: {
+    tenantId: string;
+    scope: string;
+    unit: string;
+    operation: string;
+    amount: number;
+    spentOverride: number | undefined;
+    payloadHash: string;
+    idempotencyKey: string | undefined;
+    reason: string | undefined;
+    nowMs: number;
+    emit: EmitContext;
+  }): Promise<string[]> {
+    const k = this.keys;
+    const t = args.tenantId;
+    const idemKey = k.idempotency(t, 'fund', args.idempotencyKey ?? '-');
+    const reply = await this.scripts.run(
+      'budget-fund',
+      [k.tenant(t), k.budget(t, args.scope, args.unit), idemKey, k.outbox(t)],
+      [
+        args.operation, String(args.amount), args.spentOverride === undefined ? '' : String(args.spentOverride),
+        args.payloadHash, args.idempotencyKey ?? '', String(86_400_000), String(args.nowMs),
+        args.emit.eventIdBase, args.emit.requestId, args.emit.traceId, args.emit.actorJson, t, args.scope, args.unit,
+        args.reason ?? '',
+      ],
+    );
+    return reply.map((v) => String(v));
+  }
+
+  async setBudgetStatus(
+    tenantId: string,
+    scope: string,
+    unit: string,
+    target: 'FROZEN' | 'ACTIVE',
+    reason: string | undefined,
+    nowMs: number,
+    e: EmitContext,
+  ): Promise<string[]> {
+    const k = this.keys;
+    const reply = await this.scripts.run(
+      'budget-status',
+      [k.tenant(tenantId), k.budget(tenantId, scope, unit), k.outbox(tenantId)],
+      [target, String(nowMs), reason ?? '', e.eventIdBase, e.requestId, e.traceId, e.actorJson, tenantId, scope, unit],
+    );
+    return reply.map((v) => String(v));
+  }
+
+  async updateBudget(
+    tenantId: string,
+    scope: string,
+    unit: string,
+    overdraftLimit: number | undefined,
+    policy: string | undefined,
+    metadataJson: string | undefined,
+    nowMs: number,
+    e: EmitContext,
+  ): Promise<string[]> {
+    const k = this.keys;
+    const reply = await this.scripts.run(
+      'budget-update',
+      [k.tenant(tenantId), k.budget(tenantId, scope, unit), k.outbox(tenantId)],
+      [
+        overdraftLimit === undefined ? '' : String(overdraftLimit), policy ?? '', metadataJson ?? '', String(nowMs),
+        e.eventIdBase, e.requestId, e.traceId, e.actorJson, tenantId, scope, unit,
+      ],
+    );
+    return reply.map((v) => String(v));
+  }
+
+  // ------------------------------------------------------------------ audit
+
+  async writeAudit(logId: string, tenantId: string, timestampMs: number, entryJson: string, ttlMs: number): Promise<void> {
+    const k = this.keys;
+    const multi = this.redis.multi();
+    multi.set(k.auditEntry(logId), entryJson, 'PX', ttlMs);
+    multi.zadd(k.auditIndex(tenantId), timestampMs, logId);
+    multi.zadd(k.auditIndex('_all'), timestampMs, logId);
+    await multi.exec();
+  }
+
+  /** Audit ids newest first from one index, strictly older than the cursor position. */
+  async auditIds(index: string, beforeScore: number | undefined, count: number): Promise<Array<[string, number]>> {
+    const raw = await this.redis.zrevrangebyscore(
+      this.keys.auditIndex(index),
+      beforeScore === undefined ? '+inf' : beforeScore,
+      '-inf',
+      'WITHSCORES',
+      'LIMIT',
+      0,
+      count,
+    );
+    const out: Array<[string, number]> = [];
+    for (let i = 0; i < raw.length; i += 2) out.push([raw[i]!, Number(raw[i + 1])]);
+    return out;
+  }
+
+  async auditEntries(ids: string[]): Promise<Array<string | null>> {
+    if (ids.length === 0) return [];
+    return Promise.all(ids.map((id) => this.redis.get(this.keys.auditEntry(id))));
+  }
+}

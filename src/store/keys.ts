@@ -1,0 +1,95 @@
+/**
+ * Every Redis key name is built here. Keys of one tenant carry the hash tag `{<tenant_id>}` so a
+ * tenant lives in one Cluster slot and every ledger script touches a single slot. Cross-tenant
+ * indexes (tenant registry, API-key lookup, audit) are separate keys no tenant script touches.
+ *
+ * Layout (P = configurable prefix, default "cycles"):
+ *   P:{t}:tenant                 hash    tenant record (status, runtime defaults, fields)
+ *   P:{t}:b:<scope>:<unit>       hash    budget ledger (allocated, spent, reserved, debt, ...)
+ *   P:{t}:budgets                zset    "scope|unit" members, score 0 (lexicographic listing)
+ *   P:{t}:bunits                 hash    scope -> comma list of units that have a ledger
+ *   P:{t}:r:<reservation_id>     hash    reservation record
+ *   P:{t}:rix                    zset    reservation ids scored by created_at (listing index)
+ *   P:{t}:exp                    zset    ACTIVE reservation ids scored by expires_at + grace
+ *   P:{t}:i:<endpoint>:<key>     hash    idempotency record (payload hash, stored result)
+ *   P:{t}:outbox                 stream  events waiting for the relay
+ *   P:{t}:keys                   set     API key ids of the tenant
+ *   P:tenants                    zset    tenant registry, scored by created_at
+ *   P:key:<key_id>               hash    API key record (hash of the secret, never the secret)
+ *   P:keyhash:<sha256>           string  key_id, for authentication
+ *   P:{audit}:log:<log_id>       string  audit entry (JSON)
+ *   P:{audit}:idx:<tenant|_all>  zset    audit ids scored by timestamp
+ */
+export class Keys {
+  constructor(readonly prefix: string) {}
+
+  /** The hash-tagged prefix shared by every key of one tenant. */
+  tenantPrefix(tenantId: string): string {
+    return `${this.prefix}:{${tenantId}}:`;
+  }
+
+  tenant(tenantId: string): string {
+    return `${this.tenantPrefix(tenantId)}tenant`;
+  }
+
+  budget(tenantId: string, scope: string, unit: string): string {
+    return `${this.tenantPrefix(tenantId)}b:${scope}:${unit}`;
+  }
+
+  budgetIndex(tenantId: string): string {
+    return `${this.tenantPrefix(tenantId)}budgets`;
+  }
+
+  budgetUnits(tenantId: string): string {
+    return `${this.tenantPrefix(tenantId)}bunits`;
+  }
+
+  reservation(tenantId: string, reservationId: string): string {
+    return `${this.tenantPrefix(tenantId)}r:${reservationId}`;
+  }
+
+  reservationIndex(tenantId: string): string {
+    return `${this.tenantPrefix(tenantId)}rix`;
+  }
+
+  expiryIndex(tenantId: string): string {
+    return `${this.tenantPrefix(tenantId)}exp`;
+  }
+
+  idempotency(tenantId: string, endpoint: string, key: string): string {
+    return `${this.tenantPrefix(tenantId)}i:${endpoint}:${key}`;
+  }
+
+  outbox(tenantId: string): string {
+    return `${this.tenantPrefix(tenantId)}outbox`;
+  }
+
+  tenantKeys(tenantId: string): string {
+    return `${this.tenantPrefix(tenantId)}keys`;
+  }
+
+  tenantRegistry(): string {
+    return `${this.prefix}:tenants`;
+  }
+
+  apiKey(keyId: string): string {
+    return `${this.prefix}:key:${keyId}`;
+  }
+
+  apiKeyByHash(secretHash: string): string {
+    return `${this.prefix}:keyhash:${secretHash}`;
+  }
+
+  /** Pub/sub channel on which API-key and tenant changes invalidate in-process auth caches. */
+  authInvalidationChannel(): string {
+    return `${this.prefix}:auth-invalidate`;
+  }
+
+  auditEntry(logId: string): string {
+    return `${this.prefix}:{audit}:log:${logId}`;
+  }
+
+  auditIndex(tenantOrAll: string): string {
+    return `${this.prefix}:{audit}:idx:${tenantOrAll}`;
+  }
+}

@@ -1,0 +1,121 @@
+import type { FastifyInstance } from 'fastify';
+import type { Logger } from 'pino';
+import { buildAdminApp } from './api/admin-app.js';
+import { createBaseApp } from './api/base.js';
+import { healthRoutes } from './api/routes/health.js';
+import { buildRuntimeApp } from './api/runtime-app.js';
+import { AdminService } from './domain/admin.js';
+import { AuditLog } from './domain/audit.js';
+import { Authenticator } from './domain/authenticator.js';
+import { ListingService } from './domain/listing.js';
+import { RuntimeService } from './domain/runtime.js';
+import { Metrics } from './observability/metrics.js';
+import { AdminStore } from './store/admin-store.js';
+import { Keys } from './store/keys.js';
+import { createRedis } from './store/redis.js';
+import { RuntimeStore } from './store/runtime-store.js';
+import { registerScripts } from './store/scripts.js';
+import { ExpirySweep } from './workers/expiry-sweep.js';
+import type { Redis } from 'ioredis';
+
+export interface SystemOptions {
+  redisUrl: string;
+  adminApiKey: string | undefined;
+  keyPrefix: string;
+  logger: Logger;
+  bodyLimitBytes: number;
+  authCacheTtlMs: number;
+  reservationRetentionMs: number;
+  expiryIntervalMs: number;
+  expiryBatchSize: number;
+}
+
+/** Everything one process needs, wired once: stores, services, apps, the sweep. */
+export interface System {
+  redis: Redis;
+  subscriber: Redis;
+  keys: Keys;
+  metrics: Metrics;
+  runtimeStore: RuntimeStore;
+  adminStore: AdminStore;
+  admin: AdminService;
+  runtime: RuntimeService;
+  authenticator: Authenticator;
+  sweep: ExpirySweep;
+  buildRuntimeApp(): Promise<FastifyInstance>;
+  buildAdminApp(): Promise<FastifyInstance>;
+  buildEventsApp(): Promise<FastifyInstance>;
+  close(): Promise<void>;
+}
+
+/** Bound on a health probe's PING, so a hung Redis reports DOWN instead of hanging the probe. */
+const PING_TIMEOUT_MS = 1000;
+
+export async function createSystem(opts: SystemOptions): Promise<System> {
+  const redis = createRedis(opts.redisUrl, 'cycles');
+  const subscriber = createRedis(opts.redisUrl, 'cycles-sub');
+  const keys = new Keys(opts.keyPrefix);
+  const metrics = new Metrics();
+  const scripts = registerScripts(redis, (script, seconds, result) => {
+    const outcome = result === 'OK' || result === 'REPLAY' || result === 'redis_error' ? result : /^[A-Z_]+$/.test(result) ? 'refused' : 'ok';
+    metrics.scriptDuration.observe({ script, result: outcome }, seconds);
+  });
+  const runtimeStore = new RuntimeStore(redis, scripts, keys, opts.reservationRetentionMs);
+  const adminStore = new AdminStore(redis, scripts, keys);
+  const authenticator = new Authenticator(adminStore, opts.adminApiKey, opts.authCacheTtlMs);
+  await subscriber.subscribe(keys.authInvalidationChannel());
+  subscriber.on('message', (_channel: string, keyId: string) => authenticator.invalidate(keyId));
+  // After a reconnect, invalidations may have been missed: start from an empty cache.
+  subscriber.on('ready', () => authenticator.invalidate('*'));
+
+  const audit = new AuditLog(adminStore, undefined, (err) => opts.logger.warn({ err }, 'audit write failed'));
+  const runtime = new RuntimeService(runtimeStore, { decision: (operation, decision) => metrics.decisions.inc({ operation, decision }) });
+  const listing = new ListingService(runtimeStore);
+  const admin = new AdminService(adminStore);
+  const sweep = new ExpirySweep({
+    runtimeStore,
+    adminStore,
+    intervalMs: opts.expiryIntervalMs,
+    batchSize: opts.expiryBatchSize,
+    logger: opts.logger,
+    onExpired: (n) => metrics.expired.inc(n),
+  });
+  const pingRedis = async (): Promise<boolean> => {
+    try {
+      const pong = await Promise.race([
+        redis.ping(),
+        new Promise<string>((resolve) => setTimeout(() => resolve('timeout'), PING_TIMEOUT_MS).unref()),
+      ]);
+      return pong === 'PONG';
+    } catch {
+      return false;
+    }
+  };
+
+  return {
+    redis,
+    subscriber,
+    keys,
+    metrics,
+    runtimeStore,
+    adminStore,
+    admin,
+    runtime,
+    authenticator,
+    sweep,
+    buildRuntimeApp: () =>
+      buildRuntimeApp({ logger: opts.logger, bodyLimitBytes: opts.bodyLimitBytes, metrics, authenticator, runtime, listing, audit, pingRedis }),
+    buildAdminApp: () =>
+      buildAdminApp({ logger: opts.logger, bodyLimitBytes: opts.bodyLimitBytes, metrics, authenticator, admin, audit, pingRedis }),
+    buildEventsApp: async () => {
+      const app = createBaseApp({ plane: 'events', logger: opts.logger, bodyLimitBytes: opts.bodyLimitBytes, metrics });
+      await app.register(async (scope) => healthRoutes(scope, { pingRedis, metrics }));
+      return app;
+    },
+    async close() {
+      await sweep.stop();
+      subscriber.disconnect();
+      await redis.quit().catch(() => redis.disconnect());
+    },
+  };
+}

@@ -1,0 +1,74 @@
+import type { Logger } from 'pino';
+import type { AdminStore } from '../store/admin-store.js';
+import type { RuntimeStore } from '../store/runtime-store.js';
+import { newEventIdBase } from '../domain/ids.js';
+
+/** Tenants read from the registry per round trip. */
+const TENANT_PAGE = 500;
+/** Batches one tenant may run in one tick before the sweep moves on (fairness bound). */
+const MAX_BATCHES_PER_TENANT = 50;
+
+export interface SweepOptions {
+  runtimeStore: RuntimeStore;
+  adminStore: AdminStore;
+  intervalMs: number;
+  batchSize: number;
+  logger: Logger;
+  onExpired?: (count: number) => void;
+}
+
+/**
+ * In-process expiry sweep: every interval, walks the tenant registry and runs the expire script
+ * per tenant until nothing is due. Each script call is atomic and idempotent, so several
+ * instances sweeping at once cannot expire a reservation twice. (The events service replaces
+ * this loop with a BullMQ job scheduler.)
+ */
+export class ExpirySweep {
+  private timer: NodeJS.Timeout | undefined;
+  private running: Promise<void> | undefined;
+  private stopped = false;
+
+  constructor(private readonly opts: SweepOptions) {}
+
+  start(): void {
+    this.stopped = false;
+    const tick = () => {
+      if (this.stopped) return;
+      this.running = this.sweepOnce()
+        .then(() => undefined)
+        .catch((err) => this.opts.logger.warn({ err }, 'expiry sweep failed; will retry next interval'))
+        .finally(() => {
+          this.running = undefined;
+          if (!this.stopped) this.timer = setTimeout(tick, this.opts.intervalMs);
+        });
+    };
+    this.timer = setTimeout(tick, this.opts.intervalMs);
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.timer) clearTimeout(this.timer);
+    await this.running;
+  }
+
+  /** One full pass over all tenants; returns the number of reservations expired. */
+  async sweepOnce(): Promise<number> {
+    let total = 0;
+    for (let offset = 0; ; offset += TENANT_PAGE) {
+      const tenants = await this.opts.adminStore.tenantIds(offset, TENANT_PAGE);
+      for (const tenantId of tenants) {
+        for (let batch = 0; batch < MAX_BATCHES_PER_TENANT; batch += 1) {
+          const r = await this.opts.runtimeStore.expireDue(tenantId, this.opts.batchSize, newEventIdBase());
+          total += r.expired;
+          if (!r.more) break;
+        }
+      }
+      if (tenants.length < TENANT_PAGE) break;
+    }
+    if (total > 0) {
+      this.opts.onExpired?.(total);
+      this.opts.logger.info({ expired: total }, 'expired reservations');
+    }
+    return total;
+  }
+}
