@@ -1,4 +1,4 @@
-import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import Fastify, { LogController, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { Ajv, type ErrorObject } from 'ajv';
 import type { Logger } from 'pino';
@@ -77,7 +77,7 @@ export function createBaseApp(opts: BaseAppOptions): FastifyInstance {
   const app = Fastify({
     loggerInstance: opts.logger,
     bodyLimit: opts.bodyLimitBytes,
-    disableRequestLogging: true,
+    logController: new LogController({ disableRequestLogging: true }),
     genReqId: () => newRequestId(),
     return503OnClosing: true,
     ajv: { customOptions: { removeAdditional: false } },
@@ -90,6 +90,18 @@ export function createBaseApp(opts: BaseAppOptions): FastifyInstance {
   app.setSchemaErrorFormatter((errors, dataVar) => {
     const err = new CyclesError('INVALID_REQUEST', describeValidation(errors as ErrorObject[], dataVar));
     return err;
+  });
+
+  // JSON only. An empty body parses as "no body", so routes with an optional body (freeze,
+  // unfreeze) accept it and routes with a required body report the missing body by name.
+  const parseJson = app.getDefaultJsonParser('error', 'error');
+  app.removeAllContentTypeParsers();
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (request, body, done) => {
+    if (typeof body === 'string' && body.trim() === '') {
+      done(null, undefined);
+      return;
+    }
+    parseJson(request, body as string, done);
   });
 
   app.decorateRequest('cycles', null as unknown as FastifyRequest['cycles']);

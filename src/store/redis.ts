@@ -12,6 +12,9 @@ export function createRedis(url: string, name: string): Redis {
     enableAutoPipelining: true,
     maxRetriesPerRequest: 1,
     enableOfflineQueue: true,
+    // A script whose reply was lost with the connection is not re-sent blindly: the client gets
+    // an error and retries with its idempotency key, so nothing is applied twice.
+    autoResendUnfulfilledCommands: false,
     connectTimeout: 5000,
     retryStrategy: (attempt) => Math.min(50 * 2 ** Math.min(attempt, 6), 2000),
     lazyConnect: false,

@@ -33,7 +33,7 @@ export function authHooks(auth: Authenticator, invalidKeyCode: 'UNAUTHORIZED' | 
     const result = await auth.authenticateTenant(secret);
     if (!result.ok) throw new CyclesError(invalidKeyCode, `Invalid API key: ${result.reason}`);
     const needed = Array.isArray(permission) ? permission : [permission];
-    if (!needed.some((p) => hasPermission(result.auth.permissions, p))) {
+    if (needed.length > 0 && !needed.some((p) => hasPermission(result.auth.permissions, p))) {
       throw new CyclesError(
         invalidKeyCode === 'UNAUTHORIZED' ? 'FORBIDDEN' : 'INSUFFICIENT_PERMISSIONS',
         `API key lacks required permission: ${needed.join(' or ')}`,

@@ -50,7 +50,7 @@ export async function adminRoutes(app: FastifyInstance, deps: AdminDeps): Promis
   r.post('/v1/admin/tenants', {
     schema: { body: TenantCreateRequest },
     config: { operation: 'createTenant' },
-    preValidation: hooks.admin(),
+    onRequest: hooks.admin(),
   }, async (request, reply) => {
     const { created, tenant } = await admin.createTenant(request.cycles.auth!, request.body, request.cycles);
     await audited(request, 'createTenant', 'tenant', request.body.tenant_id, request.body.tenant_id, created ? 201 : 200);
@@ -60,13 +60,13 @@ export async function adminRoutes(app: FastifyInstance, deps: AdminDeps): Promis
   r.get('/v1/admin/tenants/:tenant_id', {
     schema: { params: TenantIdParams },
     config: { operation: 'getTenant' },
-    preValidation: hooks.admin(),
+    onRequest: hooks.admin(),
   }, async (request) => admin.getTenant(request.params.tenant_id));
 
   r.patch('/v1/admin/tenants/:tenant_id', {
     schema: { params: TenantIdParams, body: TenantUpdateRequest },
     config: { operation: 'updateTenant' },
-    preValidation: hooks.admin(),
+    onRequest: hooks.admin(),
   }, async (request) => {
     const tenant = await admin.updateTenant(request.cycles.auth!, request.params.tenant_id, request.body, request.cycles);
     await audited(request, 'updateTenant', 'tenant', request.params.tenant_id, request.params.tenant_id, 200);
@@ -76,7 +76,7 @@ export async function adminRoutes(app: FastifyInstance, deps: AdminDeps): Promis
   r.post('/v1/admin/api-keys', {
     schema: { body: ApiKeyCreateRequest },
     config: { operation: 'createApiKey' },
-    preValidation: hooks.admin(),
+    onRequest: hooks.admin(),
   }, async (request, reply) => {
     const key = await admin.createApiKey(request.body);
     await audited(request, 'createApiKey', 'api_key', String(key.key_id), request.body.tenant_id, 201);
@@ -86,7 +86,7 @@ export async function adminRoutes(app: FastifyInstance, deps: AdminDeps): Promis
   r.delete('/v1/admin/api-keys/:key_id', {
     schema: { params: KeyIdParams, querystring: RevokeQuery },
     config: { operation: 'revokeApiKey' },
-    preValidation: hooks.admin(),
+    onRequest: hooks.admin(),
   }, async (request) => {
     const key = await admin.revokeApiKey(request.params.key_id, request.query.reason);
     await audited(request, 'revokeApiKey', 'api_key', request.params.key_id, String(key.tenant_id), 200);
@@ -96,7 +96,7 @@ export async function adminRoutes(app: FastifyInstance, deps: AdminDeps): Promis
   r.post('/v1/admin/budgets', {
     schema: { body: BudgetCreateRequest },
     config: { operation: 'createBudget' },
-    preValidation: hooks.tenantOrAdmin('budgets:write'),
+    onRequest: hooks.tenantOrAdmin('budgets:write'),
   }, async (request, reply) => {
     const ledger = await admin.createBudget(request.cycles.auth!, request.body, request.cycles);
     await audited(request, 'createBudget', 'budget', String(ledger.ledger_id), String(ledger.tenant_id), 201);
@@ -106,13 +106,13 @@ export async function adminRoutes(app: FastifyInstance, deps: AdminDeps): Promis
   r.get('/v1/admin/budgets/lookup', {
     schema: { querystring: BudgetQuery },
     config: { operation: 'lookupBudget' },
-    preValidation: hooks.tenantOrAdmin('budgets:read'),
+    onRequest: hooks.tenantOrAdmin('budgets:read'),
   }, async (request) => admin.lookupBudget(request.cycles.auth!, request.query.scope, request.query.unit));
 
   r.patch('/v1/admin/budgets', {
     schema: { querystring: BudgetQuery, body: BudgetUpdateRequest },
     config: { operation: 'updateBudget' },
-    preValidation: hooks.admin(),
+    onRequest: hooks.admin(),
   }, async (request) => {
     const ledger = await admin.updateBudget(request.cycles.auth!, request.query, request.body, request.cycles);
     await audited(request, 'updateBudget', 'budget', String(ledger.ledger_id), String(ledger.tenant_id), 200);
@@ -122,7 +122,7 @@ export async function adminRoutes(app: FastifyInstance, deps: AdminDeps): Promis
   r.post('/v1/admin/budgets/fund', {
     schema: { querystring: BudgetQuery, body: BudgetFundingRequest },
     config: { operation: 'fundBudget' },
-    preValidation: hooks.tenantOrAdmin('budgets:write'),
+    onRequest: hooks.tenantOrAdmin('budgets:write'),
   }, async (request) => {
     const result = await admin.fundBudget(request.cycles.auth!, request.query, request.body, request.cycles);
     await audited(request, 'fundBudget', 'budget', `${request.query.scope}:${request.query.unit}`, request.query.tenant_id, 200);
@@ -136,7 +136,11 @@ export async function adminRoutes(app: FastifyInstance, deps: AdminDeps): Promis
     r.post(path, {
       schema: { querystring: BudgetQuery, body: BudgetStatusRequest },
       config: { operation },
-      preValidation: hooks.admin(),
+      onRequest: hooks.admin(),
+      preValidation: async (request) => {
+        // The body of freeze/unfreeze is optional.
+        if (request.body === undefined || request.body === null) request.body = {};
+      },
     }, async (request) => {
       const ledger = await admin.setBudgetStatus(request.cycles.auth!, request.query, target, request.body?.reason, request.cycles);
       await audited(request, operation, 'budget', String(ledger.ledger_id), String(ledger.tenant_id), 200);
@@ -147,11 +151,11 @@ export async function adminRoutes(app: FastifyInstance, deps: AdminDeps): Promis
   r.get('/v1/admin/audit/logs', {
     schema: { querystring: AuditQuery },
     config: { operation: 'listAuditLogs' },
-    preValidation: hooks.admin(),
+    onRequest: hooks.admin(),
   }, async (request) => audit.list(request.query));
 
   r.get('/v1/auth/introspect', {
     config: { operation: 'introspectAuth' },
-    preValidation: hooks.tenantOrAdmin([]),
+    onRequest: hooks.tenantOrAdmin([]),
   }, async (request) => introspect(request.cycles.auth!));
 }

@@ -26,7 +26,7 @@ export async function healthRoutes(app: FastifyInstance, deps: HealthDeps): Prom
   });
   app.get('/actuator/prometheus', {
     config: { operation: 'prometheus' },
-    ...(deps.metricsAuth ? { preValidation: deps.metricsAuth } : {}),
+    ...(deps.metricsAuth ? { onRequest: deps.metricsAuth } : {}),
   }, async (_request, reply) => {
     const text = await deps.metrics.registry.metrics();
     return reply.type(deps.metrics.registry.contentType).send(text);

@@ -23,21 +23,21 @@ export async function reservationRoutes(app: FastifyInstance, deps: RuntimeDeps)
   r.post('/v1/reservations', {
     schema: { body: ReservationCreateRequest },
     config: { operation: 'createReservation' },
-    preValidation: hooks.tenant('reservations:create'),
+    onRequest: hooks.tenant('reservations:create'),
   }, async (request) =>
     runtime.reserve(request.cycles.auth!, request.body, idemHeader(request.headers), request.cycles));
 
   r.post('/v1/reservations/:reservation_id/commit', {
     schema: { params: ReservationIdParams, body: CommitRequest },
     config: { operation: 'commitReservation' },
-    preValidation: hooks.tenant('reservations:commit'),
+    onRequest: hooks.tenant('reservations:commit'),
   }, async (request) =>
     runtime.commit(request.cycles.auth!, request.params.reservation_id, request.body, idemHeader(request.headers), request.cycles));
 
   r.post('/v1/reservations/:reservation_id/release', {
     schema: { params: ReservationIdParams, body: ReleaseRequest },
     config: { operation: 'releaseReservation' },
-    preValidation: hooks.tenantOrAdmin('reservations:release'),
+    onRequest: hooks.tenantOrAdmin('reservations:release'),
   }, async (request) => {
     const auth = request.cycles.auth!;
     const result = await runtime.release(auth, request.params.reservation_id, request.body, idemHeader(request.headers));
@@ -63,19 +63,19 @@ export async function reservationRoutes(app: FastifyInstance, deps: RuntimeDeps)
   r.post('/v1/reservations/:reservation_id/extend', {
     schema: { params: ReservationIdParams, body: ReservationExtendRequest },
     config: { operation: 'extendReservation' },
-    preValidation: hooks.tenant('reservations:extend'),
+    onRequest: hooks.tenant('reservations:extend'),
   }, async (request) =>
     runtime.extend(request.cycles.auth!, request.params.reservation_id, request.body, idemHeader(request.headers)));
 
   r.get('/v1/reservations/:reservation_id', {
     schema: { params: ReservationIdParams },
     config: { operation: 'getReservation' },
-    preValidation: hooks.tenantOrAdmin(['reservations:list', 'reservations:create']),
+    onRequest: hooks.tenantOrAdmin(['reservations:list', 'reservations:create']),
   }, async (request) => runtime.getReservation(request.cycles.auth!, request.params.reservation_id));
 
   r.get('/v1/reservations', {
     schema: { querystring: ReservationListQuery },
     config: { operation: 'listReservations' },
-    preValidation: hooks.tenantOrAdmin(['reservations:list', 'reservations:create']),
+    onRequest: hooks.tenantOrAdmin(['reservations:list', 'reservations:create']),
   }, async (request) => listing.listReservations(request.cycles.auth!, request.query));
 }

@@ -16,19 +16,19 @@ export async function runtimeMiscRoutes(app: FastifyInstance, deps: RuntimeDeps)
   r.post('/v1/decide', {
     schema: { body: DecisionRequest },
     config: { operation: 'decide' },
-    preValidation: hooks.tenant('reservations:create'),
+    onRequest: hooks.tenant('reservations:create'),
   }, async (request) => runtime.decide(request.cycles.auth!, request.body, idemHeader(request.headers), request.cycles));
 
   r.get('/v1/balances', {
     schema: { querystring: BalancesQuery },
     config: { operation: 'getBalances' },
-    preValidation: hooks.tenant('balances:read'),
+    onRequest: hooks.tenant('balances:read'),
   }, async (request) => listing.balances(request.cycles.auth!, request.query));
 
   r.post('/v1/events', {
     schema: { body: EventCreateRequest },
     config: { operation: 'createEvent' },
-    preValidation: hooks.tenant(['reservations:commit', 'reservations:create']),
+    onRequest: hooks.tenant(['reservations:commit', 'reservations:create']),
   }, async (request, reply) => {
     const body = await runtime.createEvent(request.cycles.auth!, request.body, idemHeader(request.headers), request.cycles);
     return reply.code(201).send(body);
