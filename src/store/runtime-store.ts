@@ -176,10 +176,13 @@ export class RuntimeStore {
   /** Expires due reservations of one tenant; returns how many expired and whether more are due. */
   async expireDue(tenantId: string, batchSize: number, eventIdBase: string): Promise<{ expired: number; more: boolean }> {
     const k = this.keys;
+    // Finalized records expire after the retention period; their listing entries are trimmed
+    // once the record is gone (ACTIVE records never expire, so they are never trimmed).
+    const cutoff = Date.now() - this.retentionMs;
     const reply = await this.scripts.run(
       'expire',
-      [k.tenant(tenantId), k.expiryIndex(tenantId), k.outbox(tenantId)],
-      [String(batchSize), String(this.retentionMs), eventIdBase, '{"type":"system"}', tenantId],
+      [k.tenant(tenantId), k.expiryIndex(tenantId), k.outbox(tenantId), k.reservationIndex(tenantId)],
+      [String(batchSize), String(this.retentionMs), eventIdBase, '{"type":"scheduler"}', tenantId, String(cutoff)],
     );
     return { expired: Number(reply[0]), more: Number(reply[1]) === 1 };
   }

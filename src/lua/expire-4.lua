@@ -6,10 +6,13 @@
     KEYS[1]  tenant record hash      P:{t}:tenant  (its prefix locates reservations and ledgers)
     KEYS[2]  expiry index            P:{t}:exp
     KEYS[3]  outbox stream           P:{t}:outbox
+    KEYS[4]  reservation listing index P:{t}:rix
 
     ARGV[1]  batch size (bound on reservations handled in this call)
     ARGV[2]  retention of finalized records, ms
     ARGV[3]  event id base           ARGV[4] actor JSON           ARGV[5] tenant id
+    ARGV[6]  listing cutoff, ms: index entries created before it whose record has expired
+             (retention) are trimmed, at most ARGV[1] per call
 
   Output: {expired_count, more_due (0|1)}
 
@@ -47,6 +50,15 @@ for _, rid in ipairs(due) do
     redis.call('ZREM', KEYS[2], rid)
   end
 end
+local old = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', '(' .. ARGV[6], 'LIMIT', 0, batch)
+local trimmed = 0
+for _, rid in ipairs(old) do
+  if redis.call('EXISTS', prefix .. 'r:' .. rid) == 0 then
+    redis.call('ZREM', KEYS[4], rid)
+    trimmed = trimmed + 1
+  end
+end
+
 local more = 0
-if #due == batch then more = 1 end
+if #due == batch or trimmed == batch then more = 1 end
 return {expired, more}
