@@ -98,6 +98,29 @@ export function apiKeyView(rec: RecordFields): Record<string, unknown> {
   return out;
 }
 
+/** The protocol error for a refusal answered by a budget script. */
+function budgetRefusal(kind: string | undefined, detail: string | undefined, tenant: string, scope: string, unit: string): CyclesError {
+  switch (kind) {
+    case 'TENANT_CLOSED':
+      return new CyclesError('TENANT_CLOSED', `Tenant is CLOSED: ${tenant}`);
+    case 'BUDGET_NOT_FOUND':
+      return new CyclesError('BUDGET_NOT_FOUND', `Budget not found for scope ${scope} and unit ${unit}`);
+    case 'BUDGET_FROZEN':
+      return new CyclesError('BUDGET_FROZEN', 'Budget is frozen');
+    case 'BUDGET_CLOSED':
+      return new CyclesError('BUDGET_CLOSED', 'Budget is closed');
+    case 'BUDGET_EXCEEDED':
+      return new CyclesError('BUDGET_EXCEEDED', 'Insufficient funds');
+    case 'IDEMPOTENCY_MISMATCH':
+      return new CyclesError('IDEMPOTENCY_MISMATCH', 'Idempotency key was already used with a different request payload');
+    case 'INVALID_TRANSITION':
+      // The reference answers an invalid freeze/unfreeze transition with 409 INVALID_REQUEST.
+      return new CyclesError('INVALID_REQUEST', detail ?? 'Invalid status transition', undefined, 409);
+    default:
+      return new CyclesError('INVALID_REQUEST', detail || 'Invalid request');
+  }
+}
+
 function scopeOrThrow(scope: string): { scope: string; tenant: string } {
   const parsed = parseBudgetScope(scope);
   if ('error' in parsed) throw new CyclesError('INVALID_REQUEST', `Invalid scope: ${parsed.error}`);
@@ -295,19 +318,7 @@ export class AdminService {
       nowMs: now,
       emit: emitCtx(auth, corr),
     });
-    const kind = r[0];
-    if (kind !== 'OK' && kind !== 'REPLAY') {
-      const messages: Record<string, string> = {
-        IDEMPOTENCY_MISMATCH: 'Idempotency key was already used with a different request payload',
-        TENANT_CLOSED: `Tenant is CLOSED: ${tenantId}`,
-        BUDGET_NOT_FOUND: `Budget not found for scope ${scope} and unit ${q.unit}`,
-        BUDGET_FROZEN: 'Budget is frozen',
-        BUDGET_CLOSED: 'Budget is closed',
-        BUDGET_EXCEEDED: 'Insufficient funds',
-      };
-      if (kind && messages[kind]) throw new CyclesError(kind as 'BUDGET_FROZEN', messages[kind]!);
-      throw new CyclesError('INVALID_REQUEST', r[1] ?? 'Invalid funding request');
-    }
+    if (r[0] !== 'OK' && r[0] !== 'REPLAY') throw budgetRefusal(r[0], r[1], tenantId, scope, q.unit);
     const [, pa, na, pr, nr, pd, nd, ps, ns] = r.map(Number);
     const amt = (n: number | undefined) => ({ unit: q.unit, amount: n ?? 0 });
     return {
@@ -327,18 +338,8 @@ export class AdminService {
   async setBudgetStatus(auth: AuthContext, q: { scope: string; unit: string }, target: 'FROZEN' | 'ACTIVE', reason: string | undefined, corr: Correlation): Promise<Record<string, unknown>> {
     const { scope, tenant } = scopeOrThrow(q.scope);
     const r = await this.store.setBudgetStatus(tenant, scope, q.unit, target, reason, Date.now(), emitCtx(auth, corr));
-    switch (r[0]) {
-      case 'OK':
-        return this.lookupBudget(auth, scope, q.unit);
-      case 'TENANT_CLOSED':
-        throw new CyclesError('TENANT_CLOSED', `Tenant is CLOSED: ${tenant}`);
-      case 'BUDGET_NOT_FOUND':
-        throw new CyclesError('BUDGET_NOT_FOUND', `Budget not found for scope ${scope} and unit ${q.unit}`);
-      case 'BUDGET_CLOSED':
-        throw new CyclesError('BUDGET_CLOSED', 'Budget is closed');
-      default:
-        throw new CyclesError('INVALID_REQUEST', r[1] ?? 'Invalid status transition', undefined, 409);
-    }
+    if (r[0] !== 'OK') throw budgetRefusal(r[0], r[1], tenant, scope, q.unit);
+    return this.lookupBudget(auth, scope, q.unit);
   }
 
   async updateBudget(auth: AuthContext, q: { scope: string; unit: string }, body: Record<string, unknown>, corr: Correlation): Promise<Record<string, unknown>> {
@@ -350,16 +351,8 @@ export class AdminService {
       tenant, scope, q.unit, overdraft?.amount, body.commit_overage_policy as string | undefined,
       body.metadata === undefined ? undefined : JSON.stringify(body.metadata), Date.now(), emitCtx(auth, corr),
     );
-    switch (r[0]) {
-      case 'OK':
-        return this.lookupBudget(auth, scope, q.unit);
-      case 'TENANT_CLOSED':
-        throw new CyclesError('TENANT_CLOSED', `Tenant is CLOSED: ${tenant}`);
-      case 'BUDGET_NOT_FOUND':
-        throw new CyclesError('BUDGET_NOT_FOUND', `Budget not found for scope ${scope} and unit ${q.unit}`);
-      default:
-        throw new CyclesError('BUDGET_CLOSED', 'Budget is closed');
-    }
+    if (r[0] !== 'OK') throw budgetRefusal(r[0], r[1], tenant, scope, q.unit);
+    return this.lookupBudget(auth, scope, q.unit);
   }
 }
 

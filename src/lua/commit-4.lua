@@ -42,11 +42,8 @@ if r.ckey and r.ckey == ARGV[2] then
   return {'REPLAY', now, c, rel}
 end
 
-local tstate = tenant_state(KEYS[1])
-if tstate == 'MALFORMED' then return {'INTERNAL_ERROR', now, 'tenant record is malformed'} end
-if tstate == 'CLOSED' then return {'TENANT_CLOSED', now} end
-if r.status == 'EXPIRED' then return {'RESERVATION_EXPIRED', now} end
-if r.status ~= 'ACTIVE' then return {'RESERVATION_FINALIZED', now, r.status} end
+local refused = settle_guard(KEYS[1], r, now)
+if refused then return refused end
 if ARGV[5] ~= r.unit then return {'UNIT_MISMATCH', now, r.unit} end
 if now > r.expires + r.grace then return {'RESERVATION_EXPIRED', now} end
 

@@ -31,11 +31,8 @@ if idem[1] then
   return {'REPLAY', now, idem[2], r.status}
 end
 
-local tstate = tenant_state(KEYS[1])
-if tstate == 'MALFORMED' then return {'INTERNAL_ERROR', now, 'tenant record is malformed'} end
-if tstate == 'CLOSED' then return {'TENANT_CLOSED', now} end
-if r.status == 'EXPIRED' then return {'RESERVATION_EXPIRED', now} end
-if r.status ~= 'ACTIVE' then return {'RESERVATION_FINALIZED', now, r.status} end
+local refused = settle_guard(KEYS[1], r, now)
+if refused then return refused end
 if now > r.expires then return {'RESERVATION_EXPIRED', now} end
 
 local max_ext = tonumber(redis.call('HGET', KEYS[1], 'max_reservation_extensions') or '') or tonumber(ARGV[5])

@@ -31,11 +31,8 @@ if r.rkey and r.rkey == ARGV[2] then
   return {'REPLAY', now, r.rres, r.unit}
 end
 
-local tstate = tenant_state(KEYS[1])
-if tstate == 'MALFORMED' then return {'INTERNAL_ERROR', now, 'tenant record is malformed'} end
-if tstate == 'CLOSED' then return {'TENANT_CLOSED', now} end
-if r.status == 'EXPIRED' then return {'RESERVATION_EXPIRED', now} end
-if r.status ~= 'ACTIVE' then return {'RESERVATION_FINALIZED', now, r.status} end
+local refused = settle_guard(KEYS[1], r, now)
+if refused then return refused end
 if now > r.expires + r.grace then return {'RESERVATION_EXPIRED', now} end
 
 local prefix = string.sub(KEYS[1], 1, #KEYS[1] - #'tenant')

@@ -34,12 +34,17 @@ export const ActionSchema = Type.Object(
   { additionalProperties: false },
 );
 
+/** Fields a reservation request and a decide request share. */
+const evaluationFields = {
+  idempotency_key: IdempotencyKey,
+  subject: SubjectSchema,
+  action: ActionSchema,
+  estimate: AmountSchema,
+};
+
 export const ReservationCreateRequest = Type.Object(
   {
-    idempotency_key: IdempotencyKey,
-    subject: SubjectSchema,
-    action: ActionSchema,
-    estimate: AmountSchema,
+    ...evaluationFields,
     ttl_ms: Type.Optional(Type.Integer({ minimum: 1000, maximum: 86_400_000 })),
     grace_period_ms: Type.Optional(Type.Integer({ minimum: 0, maximum: 60_000 })),
     overage_policy: Type.Optional(OveragePolicy),
@@ -52,10 +57,7 @@ export type ReservationCreateBody = Static<typeof ReservationCreateRequest>;
 
 export const DecisionRequest = Type.Object(
   {
-    idempotency_key: IdempotencyKey,
-    subject: SubjectSchema,
-    action: ActionSchema,
-    estimate: AmountSchema,
+    ...evaluationFields,
     metadata: Type.Optional(FreeObject),
   },
   { additionalProperties: false },

@@ -33,3 +33,14 @@ local function held_ledgers(tenant_prefix, r)
   end
   return out
 end
+
+-- The checks commit, release and extend share once replay detection is done: a closed tenant
+-- wins over the reservation's own state, then terminal states. nil when the reservation is live.
+local function settle_guard(tenant_key, r, now)
+  local tstate = tenant_state(tenant_key)
+  if tstate == 'MALFORMED' then return {'INTERNAL_ERROR', now, 'tenant record is malformed'} end
+  if tstate == 'CLOSED' then return {'TENANT_CLOSED', now} end
+  if r.status == 'EXPIRED' then return {'RESERVATION_EXPIRED', now} end
+  if r.status ~= 'ACTIVE' then return {'RESERVATION_FINALIZED', now, r.status} end
+  return nil
+end
