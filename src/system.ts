@@ -52,8 +52,8 @@ export interface System {
 const PING_TIMEOUT_MS = 1000;
 
 export async function createSystem(opts: SystemOptions): Promise<System> {
-  const redis = createRedis(opts.redisUrl, 'cycles');
-  const subscriber = createRedis(opts.redisUrl, 'cycles-sub');
+  const redis = createRedis(opts.redisUrl, 'cycles', opts.logger);
+  const subscriber = createRedis(opts.redisUrl, 'cycles-sub', opts.logger);
   const keys = new Keys(opts.keyPrefix);
   const metrics = new Metrics();
   const scripts = registerScripts(redis, (script, seconds, result) => {

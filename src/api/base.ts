@@ -77,6 +77,9 @@ export function createBaseApp(opts: BaseAppOptions): FastifyInstance {
   const app = Fastify({
     loggerInstance: opts.logger,
     bodyLimit: opts.bodyLimitBytes,
+    // Path ids are validated by the route schemas (e.g. reservation_id ≤ 128) with the protocol's
+    // error envelope; Fastify's own 100-character cut-off would answer a bare 414 first.
+    maxParamLength: 512,
     logController: new LogController({ disableRequestLogging: true }),
     genReqId: () => newRequestId(),
     return503OnClosing: true,

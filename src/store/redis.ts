@@ -1,13 +1,15 @@
 import { Redis } from 'ioredis';
+import type { Logger } from 'pino';
 
 /**
  * Connects to Redis. Auto-pipelining batches the commands issued in the same event-loop tick
  * into one write, which is what lets many concurrent requests share one connection cheaply.
- * Commands fail fast (no offline queue) once the connection is known to be down, so requests get
- * a clear 503 instead of hanging while Redis is away.
+ * While Redis is away a command waits for at most one reconnect attempt (maxRetriesPerRequest 1,
+ * reconnect backoff capped at 2 s) and then fails, so a request gets a clear 503 within seconds
+ * instead of hanging. Connection errors go to the logger, once per outage.
  */
-export function createRedis(url: string, name: string): Redis {
-  return new Redis(url, {
+export function createRedis(url: string, name: string, logger?: Logger): Redis {
+  const client = new Redis(url, {
     connectionName: name,
     enableAutoPipelining: true,
     maxRetriesPerRequest: 1,
@@ -19,6 +21,17 @@ export function createRedis(url: string, name: string): Redis {
     retryStrategy: (attempt) => Math.min(50 * 2 ** Math.min(attempt, 6), 2000),
     lazyConnect: false,
   });
+  let down = false;
+  client.on('error', (err: Error) => {
+    if (down) return;
+    down = true;
+    logger?.error({ err: { message: err.message }, connection: name }, 'Redis connection error; retrying');
+  });
+  client.on('ready', () => {
+    if (down) logger?.info({ connection: name }, 'Redis connection restored');
+    down = false;
+  });
+  return client;
 }
 
 /** A URL with any password replaced, for logs. */
