@@ -53,19 +53,23 @@ const MESSAGES: Partial<Record<ErrorCode, string>> = {
 };
 
 /** Turns a script refusal into the protocol error it stands for. */
-function refusal(o: ScriptOutcome): CyclesError {
+function refusal(o: ScriptOutcome, requestedUnit?: string): CyclesError {
   const code = o.kind;
   if (!isErrorCode(code)) return new CyclesError('INTERNAL_ERROR', 'Internal error');
   const [a = '', b = ''] = o.fields;
   switch (code) {
     case 'UNIT_MISMATCH':
       if (b) {
-        return new CyclesError('UNIT_MISMATCH', `No budget in the requested unit at scope ${a}; budgets exist in ${b}`, {
+        return new CyclesError('UNIT_MISMATCH', `No budget in ${requestedUnit} at scope ${a}; budgets exist in ${b}`, {
           scope: a,
+          requested_unit: requestedUnit,
           expected_units: b.split(','),
         });
       }
-      return new CyclesError('UNIT_MISMATCH', `Unit does not match the reservation's unit ${a}`, { expected_units: [a] });
+      return new CyclesError('UNIT_MISMATCH', `Unit ${requestedUnit} does not match the reservation's unit ${a}`, {
+        requested_unit: requestedUnit,
+        expected_units: [a],
+      });
     case 'NOT_FOUND':
       return new CyclesError('NOT_FOUND', a ? `Budget not found for provided scope: ${a}` : 'Reservation not found');
     case 'BUDGET_EXCEEDED':
@@ -159,7 +163,7 @@ export class RuntimeService {
     const operation = endpoint === 'decide' ? 'decide' : mode === 'dry' ? 'reserve_dry_run' : 'reserve';
     if (o.kind !== 'OK' && o.kind !== 'REPLAY') {
       if (o.kind !== 'IDEMPOTENCY_MISMATCH' && o.kind !== 'UNIT_MISMATCH') this.observer.decision(operation, 'DENY');
-      throw refusal(o);
+      throw refusal(o, body.estimate.unit);
     }
     const affected = prefixesOf(scopePath);
     const [decision = 'DENY', second = '', third = '', , status = ''] = o.fields;
@@ -216,7 +220,7 @@ export class RuntimeService {
       traceId: corr.traceId,
       actorJson: actorJson(auth),
     });
-    if (o.kind !== 'OK' && o.kind !== 'REPLAY') throw refusal(o);
+    if (o.kind !== 'OK' && o.kind !== 'REPLAY') throw refusal(o, body.actual.unit);
     const charged = Number(o.fields[0]);
     const released = Number(o.fields[1]);
     const out: Record<string, unknown> = { status: 'COMMITTED', charged: { unit: body.actual.unit, amount: charged } };
@@ -299,7 +303,7 @@ export class RuntimeService {
       traceId: corr.traceId,
       actorJson: actorJson(auth),
     });
-    if (o.kind !== 'OK' && o.kind !== 'REPLAY') throw refusal(o);
+    if (o.kind !== 'OK' && o.kind !== 'REPLAY') throw refusal(o, body.actual.unit);
     const charged = Number(o.fields[1]);
     const out: Record<string, unknown> = { status: 'APPLIED', event_id: o.fields[0] };
     if (charged < body.actual.amount) out.charged = { unit: body.actual.unit, amount: charged };
