@@ -9,6 +9,9 @@ import { createLogger } from './observability/logger.js';
 import { createSystem, type System } from './system.js';
 import { redactRedisUrl } from './store/redis.js';
 import type { FastifyInstance } from 'fastify';
+import type { TSchema } from '@sinclair/typebox';
+import { Value } from '@sinclair/typebox/value';
+import { ApiKeyCreateRequest, BudgetCreateRequest, BudgetFundingRequest, TenantCreateRequest } from './api/schemas/admin.js';
 
 /**
  * Composition root and command line: `cycles all|runtime|admin|events` start services;
@@ -24,6 +27,8 @@ const USAGE = `usage:
   cycles budget fund <tenant_id> <scope> <unit> <CREDIT|DEBIT|RESET|RESET_SPENT|REPAY_DEBT> <amount>
 environment: REDIS_URL, ADMIN_API_KEY and the settings in docs/configuration.md`;
 
+/** Port of the redis-server `npm start` starts when no other Redis is available. */
+const EMBEDDED_REDIS_PORT = 6390;
 /** How long to wait for an embedded redis-server to answer before giving up. */
 const EMBEDDED_START_TIMEOUT_MS = 10_000;
 
@@ -61,9 +66,13 @@ async function resolveRedis(config: Config, log: (msg: string) => void): Promise
     );
     process.exit(1);
   }
+  const port = EMBEDDED_REDIS_PORT;
+  if (await portAnswers('127.0.0.1', port)) {
+    log(`REDIS_URL not set; using the embedded Redis of a running cycles on 127.0.0.1:${port}`);
+    return `redis://127.0.0.1:${port}`;
+  }
   const dir = resolve(config.dataDir);
   mkdirSync(dir, { recursive: true });
-  const port = 6390;
   const child = spawn(
     'redis-server',
     ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--appendonly', 'yes', '--appendfsync', 'everysec',
@@ -81,6 +90,16 @@ async function resolveRedis(config: Config, log: (msg: string) => void): Promise
   }
   process.stderr.write(`redis-server did not start on port ${port} within ${EMBEDDED_START_TIMEOUT_MS} ms\n`);
   process.exit(1);
+}
+
+/** CLI input goes through the same wire schemas as the admin API, so it cannot store bad data. */
+function validated<T>(schema: TSchema, value: T, what: string): T {
+  const first = Value.Errors(schema, value).First();
+  if (first) {
+    process.stderr.write(`cycles: invalid ${what}: ${first.path || '/'} ${first.message}\n`);
+    process.exit(2);
+  }
+  return value;
 }
 
 function flag(args: string[], name: string): string | undefined {
@@ -140,7 +159,8 @@ async function main(argv: string[]): Promise<void> {
     case 'tenant':
       if (sub === 'create' && rest[0]) {
         return withSystem(config, async (s) => {
-          const { tenant } = await s.admin.createTenant({ kind: 'admin' }, { tenant_id: rest[0], name: flag(rest, '--name') ?? rest[0] }, CLI_CORRELATION);
+          const body = validated(TenantCreateRequest, { tenant_id: rest[0], name: flag(rest, '--name') ?? rest[0] }, 'tenant');
+          const { tenant } = await s.admin.createTenant({ kind: 'admin' }, body, CLI_CORRELATION);
           print(tenant);
         });
       }
@@ -149,11 +169,11 @@ async function main(argv: string[]): Promise<void> {
       if (sub === 'create' && rest[0]) {
         return withSystem(config, async (s) => {
           const perms = flag(rest, '--permissions');
-          const key = await s.admin.createApiKey({
-            tenant_id: rest[0],
+          const key = await s.admin.createApiKey(validated(ApiKeyCreateRequest, {
+            tenant_id: rest[0]!,
             name: flag(rest, '--name') ?? 'cli key',
             ...(perms ? { permissions: perms.split(',') } : {}),
-          });
+          }, 'key'));
           print(key);
           process.stderr.write('The key_secret is shown only once; store it now.\n');
         });
@@ -164,26 +184,21 @@ async function main(argv: string[]): Promise<void> {
         const [tenantId, scope, unit, allocated] = rest;
         return withSystem(config, async (s) => {
           const od = flag(rest, '--overdraft-limit');
-          print(
-            await s.admin.createBudget({ kind: 'admin' }, {
-              tenant_id: tenantId,
-              scope,
-              unit,
-              allocated: { unit, amount: Number(allocated) },
-              ...(od ? { overdraft_limit: { unit, amount: Number(od) } } : {}),
-            }, CLI_CORRELATION),
-          );
+          const body = validated(BudgetCreateRequest, {
+            tenant_id: tenantId,
+            scope,
+            unit,
+            allocated: { unit, amount: Number(allocated) },
+            ...(od ? { overdraft_limit: { unit, amount: Number(od) } } : {}),
+          } as never, 'budget');
+          print(await s.admin.createBudget({ kind: 'admin' }, body, CLI_CORRELATION));
         });
       }
       if (sub === 'fund' && rest.length >= 5) {
         const [tenantId, scope, unit, operation, amount] = rest;
         return withSystem(config, async (s) => {
-          print(
-            await s.admin.fundBudget({ kind: 'admin' }, { scope: scope!, unit: unit!, tenant_id: tenantId }, {
-              operation: operation!,
-              amount: { unit: unit!, amount: Number(amount) },
-            }, CLI_CORRELATION),
-          );
+          const body = validated(BudgetFundingRequest, { operation, amount: { unit, amount: Number(amount) } } as never, 'funding request');
+          print(await s.admin.fundBudget({ kind: 'admin' }, { scope: scope!, unit: unit!, tenant_id: tenantId }, body, CLI_CORRELATION));
         });
       }
       break;

@@ -48,6 +48,15 @@ export interface System {
   close(): Promise<void>;
 }
 
+/** Script replies start with a kind: success kinds, a replay, a refusal (an error code), or a count. */
+const SUCCESS_KINDS = new Set(['OK', 'CREATED', 'EXISTS']);
+function scriptOutcomeLabel(first: string): string {
+  if (SUCCESS_KINDS.has(first) || /^\d+$/.test(first)) return 'ok';
+  if (first === 'REPLAY') return 'replay';
+  if (first === 'redis_error') return 'redis_error';
+  return 'refused';
+}
+
 /** Bound on a health probe's PING, so a hung Redis reports DOWN instead of hanging the probe. */
 const PING_TIMEOUT_MS = 1000;
 
@@ -57,8 +66,7 @@ export async function createSystem(opts: SystemOptions): Promise<System> {
   const keys = new Keys(opts.keyPrefix);
   const metrics = new Metrics();
   const scripts = registerScripts(redis, (script, seconds, result) => {
-    const outcome = result === 'OK' || result === 'REPLAY' || result === 'redis_error' ? result : /^[A-Z_]+$/.test(result) ? 'refused' : 'ok';
-    metrics.scriptDuration.observe({ script, result: outcome }, seconds);
+    metrics.scriptDuration.observe({ script, result: scriptOutcomeLabel(result) }, seconds);
   });
   const runtimeStore = new RuntimeStore(redis, scripts, keys, opts.reservationRetentionMs);
   const adminStore = new AdminStore(redis, scripts, keys);

@@ -7,6 +7,8 @@ import { newEventIdBase } from '../domain/ids.js';
 const TENANT_PAGE = 500;
 /** Batches one tenant may run in one tick before the sweep moves on (fairness bound). */
 const MAX_BATCHES_PER_TENANT = 50;
+/** Tenants swept concurrently; their script calls share round trips through auto-pipelining. */
+const SWEEP_CONCURRENCY = 32;
 
 export interface SweepOptions {
   runtimeStore: RuntimeStore;
@@ -54,15 +56,20 @@ export class ExpirySweep {
   /** One full pass over all tenants; returns the number of reservations expired. */
   async sweepOnce(): Promise<number> {
     let total = 0;
+    const sweepTenant = async (tenantId: string): Promise<void> => {
+      for (let batch = 0; batch < MAX_BATCHES_PER_TENANT; batch += 1) {
+        const r = await this.opts.runtimeStore.expireDue(tenantId, this.opts.batchSize, newEventIdBase());
+        total += r.expired;
+        if (!r.more) break;
+      }
+    };
     for (let offset = 0; ; offset += TENANT_PAGE) {
       const tenants = await this.opts.adminStore.tenantIds(offset, TENANT_PAGE);
-      for (const tenantId of tenants) {
-        for (let batch = 0; batch < MAX_BATCHES_PER_TENANT; batch += 1) {
-          const r = await this.opts.runtimeStore.expireDue(tenantId, this.opts.batchSize, newEventIdBase());
-          total += r.expired;
-          if (!r.more) break;
-        }
-      }
+      let next = 0;
+      const lane = async (): Promise<void> => {
+        while (next < tenants.length) await sweepTenant(tenants[next++]!);
+      };
+      await Promise.all(Array.from({ length: Math.min(SWEEP_CONCURRENCY, tenants.length) }, lane));
       if (tenants.length < TENANT_PAGE) break;
     }
     if (total > 0) {
