@@ -18,7 +18,6 @@ export interface Config {
   authCacheTtlMs: number;
   logLevel: string;
   dataDir: string;
-  nodeEnv: string;
 }
 
 type Env = Record<string, string | undefined>;
@@ -62,6 +61,5 @@ export function loadConfig(env: Env = process.env): Config {
     authCacheTtlMs: int(env, 'CYCLES_AUTH_CACHE_TTL_MS', 1000, 0, 60_000),
     logLevel,
     dataDir: str(env, 'CYCLES_DATA_DIR', '.cycles'),
-    nodeEnv: str(env, 'NODE_ENV', 'production'),
   };
 }
