@@ -270,7 +270,7 @@ describe('operational endpoints', () => {
     expect(dec(after, 'reserve_dry_run', 'ALLOW') - dec(before, 'reserve_dry_run', 'ALLOW')).toBe(1);
     expect(dec(after, 'decide', 'ALLOW') - dec(before, 'decide', 'ALLOW')).toBe(1);
     // Two live ALLOWs, the dry run and the decide are OK; the 409 and the unit mismatch are refusals.
-    expect(script(after, 'OK') - script(before, 'OK')).toBe(4);
+    expect(script(after, 'ok') - script(before, 'ok')).toBe(4);
     expect(script(after, 'refused') - script(before, 'refused')).toBe(2);
     expect(after).toMatch(/cycles_redis_script_duration_seconds_bucket\{[^}]*script="reserve"[^}]*\} \d+/);
 

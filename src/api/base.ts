@@ -22,6 +22,8 @@ export interface BaseAppOptions {
   logger: Logger;
   bodyLimitBytes: number;
   metrics: Metrics;
+  /** Send the reference's X-RateLimit-* sentinels on every /v1 response (runtime plane). */
+  rateLimitSentinels?: boolean;
 }
 
 const TRACE_ID = /^[0-9a-f]{32}$/;
@@ -79,7 +81,9 @@ export function createBaseApp(opts: BaseAppOptions): FastifyInstance {
     bodyLimit: opts.bodyLimitBytes,
     // Path ids are validated by the route schemas (e.g. reservation_id ≤ 128) with the protocol's
     // error envelope; Fastify's own 100-character cut-off would answer a bare 414 first.
-    maxParamLength: 512,
+    routerOptions: { maxParamLength: 512 },
+    // Requests are not logged one by one; a per-request child logger would be pure overhead.
+    childLoggerFactory: (logger) => logger,
     logController: new LogController({ disableRequestLogging: true }),
     genReqId: () => newRequestId(),
     return503OnClosing: true,
@@ -113,14 +117,16 @@ export function createBaseApp(opts: BaseAppOptions): FastifyInstance {
     request.cycles = { requestId: String(request.id), traceId };
     reply.header('x-request-id', request.cycles.requestId);
     reply.header('x-cycles-trace-id', traceId);
+    if (opts.rateLimitSentinels && request.url.startsWith('/v1/')) {
+      reply.header('x-ratelimit-remaining', '-1');
+      reply.header('x-ratelimit-reset', '0');
+    }
   });
 
   app.addHook('onResponse', async (request, reply) => {
     const operation = request.routeOptions.config?.operation ?? 'unmatched';
     const outcome = (reply as unknown as { cyclesOutcome?: string }).cyclesOutcome ?? (reply.statusCode < 400 ? 'ok' : 'error');
-    const labels = { plane: opts.plane, operation, outcome };
-    opts.metrics.httpRequests.inc({ ...labels, status: String(reply.statusCode) });
-    opts.metrics.httpDuration.observe(labels, reply.elapsedTime / 1000);
+    opts.metrics.observeRequest(opts.plane, operation, reply.statusCode, outcome, reply.elapsedTime / 1000);
   });
 
   app.setErrorHandler((error: FastifyError | CyclesError | Error, request, reply) => {

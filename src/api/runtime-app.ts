@@ -31,15 +31,15 @@ export interface RuntimeAppOptions {
 
 /** The runtime plane (:7878). Never listens; the CLI or a test does. */
 export async function buildRuntimeApp(opts: RuntimeAppOptions): Promise<FastifyInstance> {
-  const app = createBaseApp({ plane: 'runtime', logger: opts.logger, bodyLimitBytes: opts.bodyLimitBytes, metrics: opts.metrics });
-  const hooks = authHooks(opts.authenticator, 'UNAUTHORIZED');
-  // The reference sends these sentinels on every /v1 response; clients and dashboards read them.
-  app.addHook('onRequest', async (request, reply) => {
-    if (request.url.startsWith('/v1/')) {
-      reply.header('x-ratelimit-remaining', '-1');
-      reply.header('x-ratelimit-reset', '0');
-    }
+  // The reference sends X-RateLimit sentinels on every /v1 response; clients and dashboards read them.
+  const app = createBaseApp({
+    plane: 'runtime',
+    logger: opts.logger,
+    bodyLimitBytes: opts.bodyLimitBytes,
+    metrics: opts.metrics,
+    rateLimitSentinels: true,
   });
+  const hooks = authHooks(opts.authenticator, 'UNAUTHORIZED');
   const deps: RuntimeDeps = { runtime: opts.runtime, listing: opts.listing, audit: opts.audit, hooks };
   await app.register(async (scope) => reservationRoutes(scope, deps));
   await app.register(async (scope) => runtimeMiscRoutes(scope, deps));

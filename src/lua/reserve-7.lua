@@ -62,8 +62,11 @@ if idem[1] then
 end
 
 local function remember(result, ttl_ms, rid)
-  redis.call('HSET', KEYS[2], 'h', ARGV[2], 'r', table.concat(result, SEP))
-  if rid then redis.call('HSET', KEYS[2], 'x', rid) end
+  if rid then
+    redis.call('HSET', KEYS[2], 'h', ARGV[2], 'r', table.concat(result, SEP), 'x', rid)
+  else
+    redis.call('HSET', KEYS[2], 'h', ARGV[2], 'r', table.concat(result, SEP))
+  end
   redis.call('PEXPIRE', KEYS[2], ttl_ms)
 end
 
@@ -88,8 +91,16 @@ local function deny(reason, scope, remaining)
   return {reason, now, scope or '', remaining and fmt(remaining) or ''}
 end
 
--- 2. Closed-tenant guard (a replay above already won over it).
-local tstate = tenant_state(KEYS[1])
+-- 2. Closed-tenant guard (a replay above already won over it). The tenant's runtime defaults
+-- are read in the same call.
+local t = redis.call('HMGET', KEYS[1], 'status', 'default_reservation_ttl_ms', 'max_reservation_ttl_ms',
+  'default_commit_overage_policy')
+local tstatus = t[1]
+local tstate = 'OK'
+if not tstatus then
+  if redis.call('EXISTS', KEYS[1]) == 1 then tstate = 'MALFORMED' else tstate = 'NONE' end
+elseif tstatus == 'CLOSED' then tstate = 'CLOSED'
+elseif tstatus ~= 'ACTIVE' and tstatus ~= 'SUSPENDED' then tstate = 'MALFORMED' end
 if tstate == 'MALFORMED' then return {'INTERNAL_ERROR', now, 'tenant record is malformed'} end
 if tstate == 'CLOSED' then
   if mode == 'dry' then return deny('TENANT_CLOSED', scopes[1], nil) end
@@ -136,14 +147,12 @@ if mode == 'dry' then
 end
 
 -- 4. Live: resolve TTL and overage policy from the request and the tenant defaults.
-local t = redis.call('HMGET', KEYS[1], 'default_reservation_ttl_ms', 'max_reservation_ttl_ms',
-  'default_commit_overage_policy')
-local ttl = tonumber(ARGV[6]) or tonumber(t[1]) or 60000
-local max_ttl = tonumber(t[2]) or 3600000
+local ttl = tonumber(ARGV[6]) or tonumber(t[2]) or 60000
+local max_ttl = tonumber(t[3]) or 3600000
 if ttl > max_ttl then ttl = max_ttl end
 local grace = tonumber(ARGV[7])
 local policy = ARGV[8]
-if policy == '' then policy = t[3] or 'ALLOW_IF_AVAILABLE' end
+if policy == '' then policy = t[4] or 'ALLOW_IF_AVAILABLE' end
 
 local rid = ARGV[1]
 local expires = now + ttl

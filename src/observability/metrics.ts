@@ -1,5 +1,8 @@
 import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
+/** Bound on cached label combinations (operations × statuses × outcomes is small in practice). */
+const MAX_CACHED_CHILDREN = 2000;
+
 /**
  * Prometheus metrics of one process. Names follow the `cycles_` prefix; HTTP metrics are
  * labelled by operation (route), HTTP status and protocol error code.
@@ -11,6 +14,8 @@ export class Metrics {
   readonly decisions: Counter<'operation' | 'decision'>;
   readonly scriptDuration: Histogram<'script' | 'result'>;
   readonly expired: Counter;
+  /** Labelled children by label values, so a request does not re-hash its labels every time. */
+  private readonly requestChildren = new Map<string, { count: { inc(): void }; duration: { observe(v: number): void } }>();
 
   constructor() {
     collectDefaultMetrics({ register: this.registry, prefix: 'cycles_process_' });
@@ -45,5 +50,20 @@ export class Metrics {
       help: 'Reservations expired by the expiry sweep',
       registers: [this.registry],
     });
+  }
+
+  observeRequest(plane: string, operation: string, status: number, outcome: string, seconds: number): void {
+    const key = `${plane}|${operation}|${status}|${outcome}`;
+    let child = this.requestChildren.get(key);
+    if (!child) {
+      if (this.requestChildren.size >= MAX_CACHED_CHILDREN) this.requestChildren.clear();
+      child = {
+        count: this.httpRequests.labels({ plane, operation, status: String(status), outcome }),
+        duration: this.httpDuration.labels({ plane, operation, outcome }),
+      };
+      this.requestChildren.set(key, child);
+    }
+    child.count.inc();
+    child.duration.observe(seconds);
   }
 }
