@@ -2,7 +2,9 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdirSync } from 'node:fs';
 import { resolve } from 'node:path';
+import cluster from 'node:cluster';
 import net from 'node:net';
+import { AggregatorRegistry } from 'prom-client';
 import closeWithGrace from 'close-with-grace';
 import { loadConfig, type Config } from './config.js';
 import { createLogger } from './observability/logger.js';
@@ -107,12 +109,103 @@ function flag(args: string[], name: string): string | undefined {
   return i === -1 ? undefined : args[i + 1];
 }
 
+/** Bound on worker restarts per minute before the primary gives up and exits. */
+const MAX_WORKER_RESTARTS_PER_MINUTE = 10;
+
+/**
+ * CYCLES_WORKERS > 1: the primary resolves Redis once, forks that many workers that share the
+ * listening ports (node:cluster), restarts a worker that dies, and aggregates their metrics for
+ * /actuator/prometheus. All state is in Redis, so workers are interchangeable.
+ */
+async function startPrimary(which: string, config: Config): Promise<void> {
+  const logger = createLogger(config.logLevel);
+  const redisUrl = await resolveRedis(config, (m) => logger.info(m));
+  const aggregator = new AggregatorRegistry();
+  const fork = (index: number) => {
+    const worker = cluster.fork({ REDIS_URL: redisUrl, CYCLES_WORKER_INDEX: String(index) });
+    worker.on('message', (msg: { type?: string; id?: number }) => {
+      if (msg?.type !== 'cycles:metrics') return;
+      aggregator
+        .clusterMetrics()
+        .then((text) => worker.send({ type: 'cycles:metrics', id: msg.id, text, contentType: aggregator.contentType }))
+        .catch((err: Error) => worker.send({ type: 'cycles:metrics', id: msg.id, error: err.message }));
+    });
+    return worker;
+  };
+  const indexOf = new Map<number, number>();
+  for (let i = 0; i < config.workers; i += 1) indexOf.set(fork(i).id, i);
+  let stopping = false;
+  const restarts: number[] = [];
+  cluster.on('exit', (worker, code, signal) => {
+    if (stopping) return;
+    const index = indexOf.get(worker.id) ?? 0;
+    const now = Date.now();
+    restarts.push(now);
+    while (restarts.length > 0 && restarts[0]! < now - 60_000) restarts.shift();
+    if (restarts.length > MAX_WORKER_RESTARTS_PER_MINUTE) {
+      logger.fatal({ code, signal }, 'workers keep dying; giving up');
+      process.exit(1);
+    }
+    logger.warn({ worker: index, code, signal }, 'worker exited; starting a replacement');
+    indexOf.set(fork(index).id, index);
+  });
+  closeWithGrace({ delay: 15_000 }, async ({ signal }) => {
+    stopping = true;
+    logger.info({ signal, which }, 'stopping workers');
+    await Promise.all(
+      Object.values(cluster.workers ?? {}).map(
+        (w) => new Promise<void>((done) => {
+          if (!w || w.isDead()) return done();
+          w.once('exit', () => done());
+          w.process.kill('SIGTERM');
+        }),
+      ),
+    );
+  });
+}
+
+/** In a worker, /actuator/prometheus answers with the metrics of all workers, via the primary. */
+function clusterMetricsSource(): () => Promise<{ text: string; contentType: string }> {
+  let next = 0;
+  const pending = new Map<number, (r: { text?: string; contentType?: string; error?: string }) => void>();
+  process.on('message', (msg: { type?: string; id?: number; text?: string; contentType?: string; error?: string }) => {
+    if (msg?.type !== 'cycles:metrics' || msg.id === undefined) return;
+    pending.get(msg.id)?.(msg);
+    pending.delete(msg.id);
+  });
+  return () =>
+    new Promise((resolveMetrics, reject) => {
+      const id = (next += 1);
+      const timer = setTimeout(() => {
+        pending.delete(id);
+        reject(new Error('metrics aggregation timed out'));
+      }, 5000);
+      pending.set(id, (r) => {
+        clearTimeout(timer);
+        if (r.error || r.text === undefined) reject(new Error(r.error ?? 'no metrics'));
+        else resolveMetrics({ text: r.text, contentType: r.contentType ?? 'text/plain' });
+      });
+      process.send?.({ type: 'cycles:metrics', id });
+    });
+}
+
 async function startServices(which: string, config: Config): Promise<void> {
+  if (config.workers > 1 && cluster.isPrimary) return startPrimary(which, config);
   const logger = createLogger(config.logLevel);
   const redisUrl = await resolveRedis(config, (m) => logger.info(m));
   logger.info({ redis: redactRedisUrl(redisUrl) }, 'connecting to Redis');
   if (!config.adminApiKey) logger.warn('ADMIN_API_KEY is not set: admin endpoints will answer 500 until it is configured');
-  const system = await createSystem({ ...config, redisUrl, logger });
+  const system = await createSystem({
+    ...config,
+    redisUrl,
+    logger,
+    ...(cluster.isWorker ? { metricsSource: clusterMetricsSource() } : {}),
+  });
+  if (cluster.isWorker) {
+    // Answer the primary's requests for this worker's metrics (prom-client cluster protocol).
+    AggregatorRegistry.setRegistries(system.metrics.registry);
+    void new AggregatorRegistry();
+  }
   const apps: FastifyInstance[] = [];
   const listen = async (app: FastifyInstance, port: number, plane: string) => {
     await app.listen({ host: config.host, port });
@@ -123,7 +216,8 @@ async function startServices(which: string, config: Config): Promise<void> {
   if (which === 'all' || which === 'admin') await listen(await system.buildAdminApp(), config.adminPort, 'admin');
   if (which === 'all' || which === 'events') {
     await listen(await system.buildEventsApp(), config.eventsPort, 'events');
-    system.sweep.start();
+    // One sweeper per process group is enough (several would be safe, only wasteful).
+    if (!cluster.isWorker || process.env.CYCLES_WORKER_INDEX === '0') system.sweep.start();
   }
   closeWithGrace({ delay: 10_000 }, async ({ signal, err }) => {
     if (err) logger.error({ err }, 'shutting down after an error');

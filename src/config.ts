@@ -18,6 +18,7 @@ export interface Config {
   authCacheTtlMs: number;
   logLevel: string;
   dataDir: string;
+  workers: number;
 }
 
 type Env = Record<string, string | undefined>;
@@ -61,5 +62,6 @@ export function loadConfig(env: Env = process.env): Config {
     authCacheTtlMs: int(env, 'CYCLES_AUTH_CACHE_TTL_MS', 1000, 0, 60_000),
     logLevel,
     dataDir: str(env, 'CYCLES_DATA_DIR', '.cycles'),
+    workers: int(env, 'CYCLES_WORKERS', 1, 1, 64),
   };
 }

@@ -28,6 +28,8 @@ export interface SystemOptions {
   reservationRetentionMs: number;
   expiryIntervalMs: number;
   expiryBatchSize: number;
+  /** Where /actuator/prometheus gets its text; defaults to this process's registry. */
+  metricsSource?: () => Promise<{ text: string; contentType: string }>;
 }
 
 /** Everything one process needs, wired once: stores, services, apps, the sweep. */
@@ -88,6 +90,8 @@ export async function createSystem(opts: SystemOptions): Promise<System> {
     logger: opts.logger,
     onExpired: (n) => metrics.expired.inc(n),
   });
+  const metricsSource =
+    opts.metricsSource ?? (async () => ({ text: await metrics.registry.metrics(), contentType: metrics.registry.contentType }));
   const pingRedis = async (): Promise<boolean> => {
     try {
       const pong = await Promise.race([
@@ -112,12 +116,12 @@ export async function createSystem(opts: SystemOptions): Promise<System> {
     authenticator,
     sweep,
     buildRuntimeApp: () =>
-      buildRuntimeApp({ logger: opts.logger, bodyLimitBytes: opts.bodyLimitBytes, metrics, authenticator, runtime, listing, audit, pingRedis }),
+      buildRuntimeApp({ logger: opts.logger, bodyLimitBytes: opts.bodyLimitBytes, metrics, metricsSource, authenticator, runtime, listing, audit, pingRedis }),
     buildAdminApp: () =>
-      buildAdminApp({ logger: opts.logger, bodyLimitBytes: opts.bodyLimitBytes, metrics, authenticator, admin, audit, pingRedis }),
+      buildAdminApp({ logger: opts.logger, bodyLimitBytes: opts.bodyLimitBytes, metrics, metricsSource, authenticator, admin, audit, pingRedis }),
     buildEventsApp: async () => {
       const app = createBaseApp({ plane: 'events', logger: opts.logger, bodyLimitBytes: opts.bodyLimitBytes, metrics });
-      await app.register(async (scope) => healthRoutes(scope, { pingRedis, metrics }));
+      await app.register(async (scope) => healthRoutes(scope, { pingRedis, metricsSource }));
       return app;
     },
     async close() {

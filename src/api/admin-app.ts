@@ -19,6 +19,7 @@ export interface AdminAppOptions {
   logger: Logger;
   bodyLimitBytes: number;
   metrics: Metrics;
+  metricsSource: () => Promise<{ text: string; contentType: string }>;
   authenticator: Authenticator;
   admin: AdminService;
   audit: AuditLog;
@@ -32,6 +33,6 @@ export async function buildAdminApp(opts: AdminAppOptions): Promise<FastifyInsta
   const deps: AdminDeps = { admin: opts.admin, audit: opts.audit, hooks };
   await app.register(async (scope) => adminRoutes(scope, deps));
   await app.register(async (scope) =>
-    healthRoutes(scope, { pingRedis: opts.pingRedis, metrics: opts.metrics, metricsAuth: hooks.admin() }));
+    healthRoutes(scope, { pingRedis: opts.pingRedis, metricsSource: opts.metricsSource, metricsAuth: hooks.admin() }));
   return app;
 }

@@ -22,6 +22,7 @@ export interface RuntimeAppOptions {
   logger: Logger;
   bodyLimitBytes: number;
   metrics: Metrics;
+  metricsSource: () => Promise<{ text: string; contentType: string }>;
   authenticator: Authenticator;
   runtime: RuntimeService;
   listing: ListingService;
@@ -44,6 +45,6 @@ export async function buildRuntimeApp(opts: RuntimeAppOptions): Promise<FastifyI
   await app.register(async (scope) => reservationRoutes(scope, deps));
   await app.register(async (scope) => runtimeMiscRoutes(scope, deps));
   await app.register(async (scope) =>
-    healthRoutes(scope, { pingRedis: opts.pingRedis, metrics: opts.metrics, metricsAuth: hooks.admin() }));
+    healthRoutes(scope, { pingRedis: opts.pingRedis, metricsSource: opts.metricsSource, metricsAuth: hooks.admin() }));
   return app;
 }

@@ -173,6 +173,12 @@ export class RuntimeStore {
     return outcome(await this.scripts.run('event', keys, args));
   }
 
+  /** Whether any reservation of the tenant is past expires_at + grace (one cheap read). */
+  async hasDue(tenantId: string, nowMs: number): Promise<boolean> {
+    const due = await this.redis.zrangebyscore(this.keys.expiryIndex(tenantId), '-inf', nowMs - 1, 'LIMIT', 0, 1);
+    return due.length > 0;
+  }
+
   /** Expires due reservations of one tenant; returns how many expired and whether more are due. */
   async expireDue(tenantId: string, batchSize: number, eventIdBase: string): Promise<{ expired: number; more: boolean }> {
     const k = this.keys;

@@ -1,10 +1,10 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
-import type { Metrics } from '../../observability/metrics.js';
 
 export interface HealthDeps {
   /** Resolves when Redis answers PING within the probe's time limit. */
   pingRedis: () => Promise<boolean>;
-  metrics: Metrics;
+  /** The Prometheus text exposition of this process (or of all workers of a cluster). */
+  metricsSource: () => Promise<{ text: string; contentType: string }>;
   /** Guards /actuator/prometheus; undefined leaves it open (the internal events port). */
   metricsAuth?: (request: FastifyRequest) => Promise<void>;
 }
@@ -28,7 +28,7 @@ export async function healthRoutes(app: FastifyInstance, deps: HealthDeps): Prom
     config: { operation: 'prometheus' },
     ...(deps.metricsAuth ? { onRequest: deps.metricsAuth } : {}),
   }, async (_request, reply) => {
-    const text = await deps.metrics.registry.metrics();
-    return reply.type(deps.metrics.registry.contentType).send(text);
+    const { text, contentType } = await deps.metricsSource();
+    return reply.type(contentType).send(text);
   });
 }
