@@ -30,6 +30,7 @@
 ]]
 --- @include "common"
 --- @include "reservation"
+--- @include "overage"
 
 local now = now_ms()
 local r = load_reservation(KEYS[2])
@@ -65,40 +66,9 @@ if delta <= 0 then
   charged_delta = delta
 elseif r.policy == 'REJECT' then
   return {'BUDGET_EXCEEDED', now, ledgers[1] and ledgers[1].scope or ''}
-elseif r.policy == 'ALLOW_WITH_OVERDRAFT' then
-  -- Scopes without an overdraft limit cap the overage as ALLOW_IF_AVAILABLE would; scopes with
-  -- a limit take the unfunded part of the (capped) overage as debt, within their limit.
-  local d2 = delta
-  for _, l in ipairs(ledgers) do
-    if l.overdraft_limit == 0 and l.remaining < delta then
-      local avail = math.max(l.remaining, 0)
-      if avail < d2 then d2 = avail end
-    end
-  end
-  for i, l in ipairs(ledgers) do
-    if l.remaining >= d2 or l.overdraft_limit == 0 then
-      plan[i] = {spent = E + d2, debt = 0, flag = (l.overdraft_limit == 0 and l.remaining < delta)}
-    else
-      local covered = math.max(l.remaining, 0)
-      local deficit = d2 - covered
-      if l.debt + deficit > l.overdraft_limit then
-        return {'OVERDRAFT_LIMIT_EXCEEDED', now, l.scope}
-      end
-      plan[i] = {spent = E + covered, debt = deficit, flag = (l.debt + deficit > l.overdraft_limit)}
-    end
-  end
-  charged_delta = d2
 else
-  -- ALLOW_IF_AVAILABLE: charge as much of the overage as every scope can cover, never debt.
-  local capped = delta
-  for _, l in ipairs(ledgers) do
-    local avail = math.max(l.remaining, 0)
-    if avail < capped then capped = avail end
-  end
-  for i, l in ipairs(ledgers) do
-    plan[i] = {spent = E + capped, debt = 0, flag = (capped < delta and l.remaining < delta)}
-  end
-  charged_delta = capped
+  plan, charged_delta = plan_overage(ledgers, r.policy, delta, E)
+  if not plan then return {'OVERDRAFT_LIMIT_EXCEEDED', now, charged_delta} end
 end
 
 for i, l in ipairs(ledgers) do

@@ -25,6 +25,7 @@
   Debt and over-limit flags do not block a direct debit (they block reservations only).
 ]]
 --- @include "common"
+--- @include "overage"
 
 local now = now_ms()
 local idem = redis.call('HMGET', KEYS[2], 'h', 'r')
@@ -69,29 +70,9 @@ if policy == 'REJECT' then
     if l.remaining < A then return {'BUDGET_EXCEEDED', now, l.scope, fmt(l.remaining)} end
     plan[i] = {spent = A, debt = 0, flag = false}
   end
-elseif policy == 'ALLOW_WITH_OVERDRAFT' then
-  for _, l in ipairs(ledgers) do
-    if l.overdraft_limit == 0 and l.remaining < A then
-      local avail = math.max(l.remaining, 0)
-      if avail < eff then eff = avail end
-    end
-  end
-  for i, l in ipairs(ledgers) do
-    if l.remaining >= eff or l.overdraft_limit == 0 then
-      plan[i] = {spent = eff, debt = 0, flag = (l.overdraft_limit == 0 and l.remaining < A)}
-    else
-      local covered = math.max(l.remaining, 0)
-      local deficit = eff - covered
-      if l.debt + deficit > l.overdraft_limit then return {'OVERDRAFT_LIMIT_EXCEEDED', now, l.scope} end
-      plan[i] = {spent = covered, debt = deficit, flag = false}
-    end
-  end
 else
-  for _, l in ipairs(ledgers) do
-    local avail = math.max(l.remaining, 0)
-    if avail < eff then eff = avail end
-  end
-  for i, l in ipairs(ledgers) do plan[i] = {spent = eff, debt = 0, flag = (eff < A and l.remaining < A)} end
+  plan, eff = plan_overage(ledgers, policy, A, 0)
+  if not plan then return {'OVERDRAFT_LIMIT_EXCEEDED', now, eff} end
 end
 
 for i, l in ipairs(ledgers) do
