@@ -2,7 +2,7 @@ import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it, inject } from 'vitest';
-import { freePort } from './global-setup.js';
+import { freePorts } from './global-setup.js';
 
 /**
  * The real process: `cycles all` started from the CLI (through tsx, so no build is needed),
@@ -26,7 +26,7 @@ async function waitFor<T>(fn: () => Promise<T | undefined>, timeoutMs: number, w
     } catch {
       // not ready yet
     }
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what} (server exit code ${server?.exitCode}, children ${server?.pid ? (await childPids(server.pid)).join(',') : 'none'})`);
     await new Promise((r) => setTimeout(r, 100));
   }
 }
@@ -44,7 +44,8 @@ const api = (port: number, path: string, init: RequestInit = {}) => fetch(`http:
 const adminHeaders = { 'x-admin-api-key': ADMIN, 'content-type': 'application/json' };
 
 beforeAll(async () => {
-  ports = { runtime: await freePort(), admin: await freePort(), events: await freePort() };
+  const [runtime, admin, events] = await freePorts(3);
+  ports = { runtime: runtime!, admin: admin!, events: events! };
   env = {
     ...process.env,
     REDIS_URL: inject('redisUrl'),
@@ -59,16 +60,18 @@ beforeAll(async () => {
   };
   server = spawn(process.execPath, [...TSX, 'all'], { env, stdio: ['ignore', 'ignore', 'pipe'] });
   server.stderr?.on('data', (d) => process.stderr.write(d));
-  await waitFor(async () => ((await api(ports.runtime, '/actuator/health/readiness')).ok ? true : undefined), 20_000, 'readiness');
-  await waitFor(async () => ((await childPids(server.pid!)).length === 2 ? true : undefined), 10_000, 'two workers');
-}, 40_000);
+  // Generous bounds: each worker transpiles the sources through tsx, which is slow on a loaded
+  // machine (CI runs the other test files at the same time).
+  await waitFor(async () => ((await childPids(server.pid!)).length === 2 ? true : undefined), 40_000, 'two workers');
+  await waitFor(async () => ((await api(ports.runtime, '/actuator/health/readiness')).ok ? true : undefined), 40_000, 'readiness');
+}, 90_000);
 
 afterAll(async () => {
   if (server.exitCode === null) server.kill('SIGKILL');
 });
 
 describe('cycles all with CYCLES_WORKERS=2', () => {
-  it('provisions with the CLI, serves reserve/commit, and aggregates metrics across workers', async () => {
+  it('provisions with the CLI, serves reserve/commit, and aggregates metrics across workers', { timeout: 90_000 }, async () => {
     const tenant = `proc-${randomBytes(3).toString('hex')}`;
     const cli = (...args: string[]) => run(process.execPath, [...TSX, ...args], { env });
     const created = JSON.parse((await cli('tenant', 'create', tenant, '--name', 'Proc')).stdout);
@@ -120,13 +123,13 @@ describe('cycles all with CYCLES_WORKERS=2', () => {
     const after = await waitFor(async () => {
       const pids = await childPids(server.pid!);
       return pids.length === 2 && !pids.includes(before[0]!) ? pids : undefined;
-    }, 15_000, 'a replacement worker');
+    }, 30_000, 'a replacement worker');
     expect(after).toHaveLength(2);
-    await waitFor(async () => ((await api(ports.runtime, '/actuator/health')).status === 200 ? true : undefined), 10_000, 'health UP');
+    await waitFor(async () => ((await api(ports.runtime, '/actuator/health')).status === 200 ? true : undefined), 30_000, 'health UP');
 
     const exited = new Promise<number | null>((resolve) => server.once('exit', (code) => resolve(code)));
     server.kill('SIGTERM');
     expect(await exited).toBe(0);
     expect(await childPids(server.pid!)).toEqual([]);
-  }, 30_000);
+  }, 90_000);
 });

@@ -23,6 +23,20 @@ export function freePort(): Promise<number> {
   });
 }
 
+/** n distinct free ports: all are held open together, so none can be handed out twice. */
+export async function freePorts(n: number): Promise<number[]> {
+  const servers = await Promise.all(
+    Array.from({ length: n }, () => new Promise<net.Server>((resolve, reject) => {
+      const srv = net.createServer();
+      srv.once('error', reject);
+      srv.listen(0, '127.0.0.1', () => resolve(srv));
+    })),
+  );
+  const ports = servers.map((srv) => (srv.address() as net.AddressInfo).port);
+  await Promise.all(servers.map((srv) => new Promise<void>((resolve) => srv.close(() => resolve()))));
+  return ports;
+}
+
 async function waitForPing(port: number, deadlineMs: number): Promise<void> {
   while (Date.now() < deadlineMs) {
     const ok = await new Promise<boolean>((done) => {

@@ -14,8 +14,9 @@ import { balanceView, reservationView } from './runtime.js';
 export const UNSORTED_SCAN_BUDGET = 5000;
 /** Rows a sorted listing materialises (the reference's SORTED_HYDRATE_CAP). */
 export const SORTED_HYDRATE_CAP = 2000;
-/** Index entries read per round trip while scanning. */
+/** Index entries read per round trip while scanning (at most), and the first window (at least). */
 const SCAN_WINDOW = 250;
+const MIN_WINDOW = 16;
 /** Budget ledgers examined per balances page. */
 const BALANCE_SCAN_BUDGET = 5000;
 
@@ -111,6 +112,43 @@ function compare(a: [SortValue, string], b: [SortValue, string]): number {
   return a[1] < b[1] ? -1 : a[1] > b[1] ? 1 : 0;
 }
 
+/**
+ * One bounded scan over an index: reads windows of positions after `start`, hydrates them,
+ * keeps what `accept` returns, and stops at `limit` rows or after `budget` positions. Reports
+ * the last position examined and whether the index had nothing more past it.
+ */
+async function scanIndex<P, R, Row>(opts: {
+  start: P | undefined;
+  limit: number;
+  budget: number;
+  window: number;
+  fetch: (after: P | undefined, count: number) => Promise<P[]>;
+  hydrate: (positions: P[]) => Promise<Array<R | undefined>>;
+  accept: (rec: R, position: P) => Row | undefined;
+}): Promise<{ rows: Row[]; last: P | undefined; exhausted: boolean }> {
+  const rows: Row[] = [];
+  let last = opts.start;
+  let examined = 0;
+  // Read only what the page still needs, growing the window while filters keep rejecting rows.
+  for (let round = 0; rows.length < opts.limit && examined < opts.budget; round += 1) {
+    const wanted = Math.max(opts.limit - rows.length + 1, MIN_WINDOW * 2 ** round);
+    const positions = await opts.fetch(last, Math.min(opts.window, opts.budget - examined, wanted));
+    if (positions.length === 0) return { rows, last, exhausted: true };
+    const recs = await opts.hydrate(positions);
+    for (let i = 0; i < positions.length; i += 1) {
+      examined += 1;
+      last = positions[i];
+      const rec = recs[i];
+      const row = rec === undefined ? undefined : opts.accept(rec, positions[i]!);
+      if (row !== undefined) rows.push(row);
+      if (rows.length === opts.limit) break;
+    }
+  }
+  // Only promise more when the index really has entries past the last position.
+  const exhausted = last === undefined || (await opts.fetch(last, 1)).length === 0;
+  return { rows, last, exhausted };
+}
+
 export class ListingService {
   constructor(private readonly store: RuntimeStore) {}
 
@@ -164,37 +202,20 @@ export class ListingService {
       }
       position = { score: c.s, id: c.id };
     }
-    const rows: Array<Record<string, unknown>> = [];
-    let examined = 0;
-    let exhausted = false;
-    while (rows.length < limit && examined < UNSORTED_SCAN_BUDGET) {
-      const window = await this.store.reservationIndexWindow(tenantId, 'desc', position, SCAN_WINDOW);
-      if (window.length === 0) {
-        exhausted = true;
-        break;
-      }
-      const recs = await this.store.getReservations(tenantId, window.map(([id]) => id));
-      for (let i = 0; i < window.length; i += 1) {
-        const [id, score] = window[i]!;
-        examined += 1;
-        position = { score, id };
-        const rec = recs[i];
-        if (rec && matches(rec)) rows.push(reservationView(id, rec, include));
-        if (rows.length === limit) break;
-      }
-      if (window.length < SCAN_WINDOW && rows.length < limit) {
-        exhausted = true;
-        break;
-      }
-    }
-    if (!exhausted && position && rows.length === limit) {
-      // Only promise more when the index really has entries past this position.
-      const peek = await this.store.reservationIndexWindow(tenantId, 'desc', position, 1);
-      if (peek.length === 0) exhausted = true;
-    }
+    type Position = [string, number];
+    const { rows, last, exhausted } = await scanIndex<Position, ReservationRecord, Record<string, unknown>>({
+      start: position ? [position.id, position.score] : undefined,
+      limit,
+      budget: UNSORTED_SCAN_BUDGET,
+      window: SCAN_WINDOW,
+      fetch: (after, count) =>
+        this.store.reservationIndexWindow(tenantId, 'desc', after && { score: after[1], id: after[0] }, count),
+      hydrate: (positions) => this.store.getReservations(tenantId, positions.map(([id]) => id)),
+      accept: (rec, [id]) => (matches(rec) ? reservationView(id, rec, include) : undefined),
+    });
     const out: Record<string, unknown> = { reservations: rows };
-    if (!exhausted && position) {
-      out.next_cursor = encodeCursor({ m: 'u', s: position.score, id: position.id });
+    if (!exhausted && last) {
+      out.next_cursor = encodeCursor({ m: 'u', s: last[1], id: last[0] });
       out.has_more = true;
     } else {
       out.has_more = false;
@@ -227,22 +248,17 @@ export class ListingService {
       }
       after = [c.v, c.id];
     }
-    const all: Array<{ key: [SortValue, string]; id: string; rec: ReservationRecord }> = [];
-    let position: { score: number; id: string } | undefined;
-    let examined = 0;
-    while (all.length < SORTED_HYDRATE_CAP && examined < SORTED_HYDRATE_CAP * 10) {
-      const window = await this.store.reservationIndexWindow(tenantId, 'desc', position, SCAN_WINDOW);
-      if (window.length === 0) break;
-      const recs = await this.store.getReservations(tenantId, window.map(([id]) => id));
-      for (let i = 0; i < window.length; i += 1) {
-        const [id, score] = window[i]!;
-        examined += 1;
-        position = { score, id };
-        const rec = recs[i];
-        if (rec && matches(rec)) all.push({ key: [sortValue(sortBy, id, rec), id], id, rec });
-      }
-      if (window.length < SCAN_WINDOW) break;
-    }
+    type Position = [string, number];
+    const { rows: all } = await scanIndex<Position, ReservationRecord, { key: [SortValue, string]; id: string; rec: ReservationRecord }>({
+      start: undefined,
+      limit: SORTED_HYDRATE_CAP,
+      budget: SORTED_HYDRATE_CAP * 10,
+      window: SCAN_WINDOW,
+      fetch: (after, count) =>
+        this.store.reservationIndexWindow(tenantId, 'desc', after && { score: after[1], id: after[0] }, count),
+      hydrate: (positions) => this.store.getReservations(tenantId, positions.map(([id]) => id)),
+      accept: (rec, [id]) => (matches(rec) ? { key: [sortValue(sortBy, id, rec), id], id, rec } : undefined),
+    });
     const sign = dir === 'asc' ? 1 : -1;
     all.sort((a, b) => sign * compare(a.key, b.key));
     let start = 0;
@@ -280,40 +296,24 @@ export class ListingService {
       if (typeof c.m !== 'string') throw new CyclesError('INVALID_REQUEST', 'cursor is not valid; restart pagination without a cursor');
       after = c.m;
     }
-    const rows: Array<Record<string, unknown>> = [];
-    let examined = 0;
-    let last: string | undefined = after;
-    let exhausted = false;
-    while (rows.length < limit && examined < BALANCE_SCAN_BUDGET) {
-      const members = await this.store.budgetMembers(tenantId, last, SCAN_WINDOW);
-      if (members.length === 0) {
-        exhausted = true;
-        break;
-      }
-      const recs = await Promise.all(
-        members.map((m) => {
-          const bar = m.lastIndexOf('|');
-          return this.store.getBudget(tenantId, m.slice(0, bar), m.slice(bar + 1));
-        }),
-      );
-      for (let i = 0; i < members.length; i += 1) {
-        examined += 1;
-        last = members[i];
-        const rec = recs[i];
-        if (!rec) continue;
-        const scopeSegments = (rec.scope ?? '').split('/');
-        if (segments.every((s) => scopeSegments.includes(s))) rows.push(balanceView(rec));
-        if (rows.length === limit) break;
-      }
-      if (members.length < SCAN_WINDOW && rows.length < limit) {
-        exhausted = true;
-        break;
-      }
-    }
-    if (!exhausted && last !== undefined && rows.length === limit) {
-      const peek = await this.store.budgetMembers(tenantId, last, 1);
-      if (peek.length === 0) exhausted = true;
-    }
+    const { rows, last, exhausted } = await scanIndex<string, Record<string, string>, Record<string, unknown>>({
+      start: after,
+      limit,
+      budget: BALANCE_SCAN_BUDGET,
+      window: SCAN_WINDOW,
+      fetch: (from, count) => this.store.budgetMembers(tenantId, from, count),
+      hydrate: (members) =>
+        Promise.all(
+          members.map((m) => {
+            const bar = m.lastIndexOf('|');
+            const scopeSegments = m.slice(0, bar).split('/');
+            // Filter on the member string first: only matching ledgers are read.
+            if (!segments.every((seg) => scopeSegments.includes(seg))) return undefined;
+            return this.store.getBudget(tenantId, m.slice(0, bar), m.slice(bar + 1));
+          }),
+        ),
+      accept: (rec) => balanceView(rec),
+    });
     const out: Record<string, unknown> = { balances: rows };
     if (!exhausted && last !== undefined) {
       out.next_cursor = encodeCursor({ m: last });
