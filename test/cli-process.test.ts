@@ -33,7 +33,8 @@ async function waitFor<T>(fn: () => Promise<T | undefined>, timeoutMs: number, w
 
 async function childPids(pid: number): Promise<number[]> {
   try {
-    const { stdout } = await run('pgrep', ['-P', String(pid)]);
+    // Only the cluster workers: tsx may also run an esbuild service as a child of the primary.
+    const { stdout } = await run('pgrep', ['-P', String(pid), '-f', 'cli.ts']);
     return stdout.split('\n').filter(Boolean).map(Number);
   } catch {
     return [];
