@@ -118,7 +118,17 @@ export async function createSystem(opts: SystemOptions): Promise<System> {
     buildRuntimeApp: () =>
       buildRuntimeApp({ logger: opts.logger, bodyLimitBytes: opts.bodyLimitBytes, metrics, metricsSource, authenticator, runtime, listing, audit, pingRedis }),
     buildAdminApp: () =>
-      buildAdminApp({ logger: opts.logger, bodyLimitBytes: opts.bodyLimitBytes, metrics, metricsSource, authenticator, admin, audit, pingRedis }),
+      buildAdminApp({
+        logger: opts.logger,
+        bodyLimitBytes: opts.bodyLimitBytes,
+        metrics,
+        metricsSource,
+        authenticator,
+        admin,
+        audit,
+        stores: { admin: adminStore, runtime: runtimeStore },
+        pingRedis,
+      }),
     buildEventsApp: async () => {
       const app = createBaseApp({ plane: 'events', logger: opts.logger, bodyLimitBytes: opts.bodyLimitBytes, metrics });
       await app.register(async (scope) => healthRoutes(scope, { pingRedis, metricsSource }));

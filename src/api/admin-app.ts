@@ -7,12 +7,19 @@ import type { Metrics } from '../observability/metrics.js';
 import { createBaseApp } from './base.js';
 import { authHooks, type AuthHooks } from './plugins/auth.js';
 import { adminRoutes } from './routes/admin.js';
+import { adminListingRoutes } from './routes/admin-listings.js';
+import { adminPolicyRoutes } from './routes/admin-policies.js';
+import type { AdminStore } from '../store/admin-store.js';
+import type { RuntimeStore } from '../store/runtime-store.js';
 import { healthRoutes } from './routes/health.js';
 
 export interface AdminDeps {
   admin: AdminService;
   audit: AuditLog;
   hooks: AuthHooks;
+  /** Stores, for route plugins that build their own domain service at registration. */
+  stores: { admin: AdminStore; runtime: RuntimeStore };
+  authenticator: Authenticator;
 }
 
 export interface AdminAppOptions {
@@ -23,6 +30,7 @@ export interface AdminAppOptions {
   authenticator: Authenticator;
   admin: AdminService;
   audit: AuditLog;
+  stores: { admin: AdminStore; runtime: RuntimeStore };
   pingRedis: () => Promise<boolean>;
 }
 
@@ -30,8 +38,10 @@ export interface AdminAppOptions {
 export async function buildAdminApp(opts: AdminAppOptions): Promise<FastifyInstance> {
   const app = createBaseApp({ plane: 'admin', logger: opts.logger, bodyLimitBytes: opts.bodyLimitBytes, metrics: opts.metrics });
   const hooks = authHooks(opts.authenticator, 'FORBIDDEN');
-  const deps: AdminDeps = { admin: opts.admin, audit: opts.audit, hooks };
+  const deps: AdminDeps = { admin: opts.admin, audit: opts.audit, hooks, stores: opts.stores, authenticator: opts.authenticator };
   await app.register(async (scope) => adminRoutes(scope, deps));
+  await app.register(async (scope) => adminListingRoutes(scope, deps));
+  await app.register(async (scope) => adminPolicyRoutes(scope, deps));
   await app.register(async (scope) =>
     healthRoutes(scope, { pingRedis: opts.pingRedis, metricsSource: opts.metricsSource, metricsAuth: hooks.admin() }));
   return app;

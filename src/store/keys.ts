@@ -92,4 +92,8 @@ export class Keys {
   auditIndex(tenantOrAll: string): string {
     return `${this.prefix}:{audit}:idx:${tenantOrAll}`;
   }
+
+  // --- governance listings and API-key lookups (admin plane) ---
+
+  // --- policies and audit (admin plane) ---
 }
