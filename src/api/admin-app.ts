@@ -6,6 +6,7 @@ import type { Authenticator } from '../domain/authenticator.js';
 import type { Metrics } from '../observability/metrics.js';
 import { createBaseApp } from './base.js';
 import { authHooks, type AuthHooks } from './plugins/auth.js';
+import { governanceHooks } from './plugins/governance.js';
 import { adminRoutes } from './routes/admin.js';
 import { adminListingRoutes } from './routes/admin-listings.js';
 import { adminPolicyRoutes } from './routes/admin-policies.js';
@@ -37,6 +38,8 @@ export interface AdminAppOptions {
 /** The governance plane (:7979). Never listens; the CLI or a test does. */
 export async function buildAdminApp(opts: AdminAppOptions): Promise<FastifyInstance> {
   const app = createBaseApp({ plane: 'admin', logger: opts.logger, bodyLimitBytes: opts.bodyLimitBytes, metrics: opts.metrics });
+  // Inbound X-Request-Id and one audit row per failed request: governance plane only.
+  governanceHooks(app, opts.audit);
   const hooks = authHooks(opts.authenticator, 'FORBIDDEN');
   const deps: AdminDeps = { admin: opts.admin, audit: opts.audit, hooks, stores: opts.stores, authenticator: opts.authenticator };
   await app.register(async (scope) => adminRoutes(scope, deps));

@@ -137,12 +137,39 @@ export function createBaseApp(opts: BaseAppOptions): FastifyInstance {
     return sendError(reply, request, err);
   });
 
+  // A path served under other methods answers 405 with Allow (admin digest §0.3), not 404.
+  const routes: Array<{ pattern: RegExp; methods: string[] }> = [];
+  app.addHook('onRoute', (route) => {
+    routes.push({ pattern: routePattern(route.url ?? route.path), methods: ([] as string[]).concat(route.method) });
+  });
+
   app.setNotFoundHandler((request, reply) => {
+    const path = request.url.split('?')[0] ?? '';
+    const allowed = new Set(routes.filter((r) => r.pattern.test(path)).flatMap((r) => r.methods));
+    if (allowed.size > 0) {
+      const allow = [...allowed].sort().join(', ');
+      (reply as unknown as { cyclesOutcome?: string }).cyclesOutcome = 'INVALID_REQUEST';
+      reply.header('allow', allow);
+      return sendError(reply, request, new CyclesError('INVALID_REQUEST', `Method ${request.method} is not supported for ${path}; allowed: ${allow}`, undefined, 405));
+    }
     (reply as unknown as { cyclesOutcome?: string }).cyclesOutcome = 'NOT_FOUND';
-    return sendError(reply, request, new CyclesError('NOT_FOUND', `No route for ${request.method} ${request.url.split('?')[0]}`));
+    return sendError(reply, request, new CyclesError('NOT_FOUND', `No route for ${request.method} ${path}`));
   });
 
   return app as unknown as FastifyInstance;
+}
+
+/** A route URL as a matcher of concrete paths: `:param` is one segment, `*` the rest. */
+export function routePattern(url: string): RegExp {
+  const source = url
+    .split('/')
+    .map((segment) => {
+      if (segment.startsWith(':')) return '[^/]+';
+      if (segment === '*') return '.*';
+      return segment.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+    })
+    .join('/');
+  return new RegExp(`^${source}$`);
 }
 
 /** Maps anything thrown during a request to a protocol error; client mistakes never become 500. */

@@ -28,6 +28,8 @@ export const DEFAULT_PERMISSIONS = [
 ];
 
 const DEFAULT_KEY_LIFETIME_MS = 90 * 86_400_000;
+/** Tenant runtime defaults (admin digest §2.1); the runtime scripts fall back to the same values. */
+const TENANT_DEFAULTS = { default_reservation_ttl_ms: 60_000, max_reservation_ttl_ms: 3_600_000, max_reservation_extensions: 10 } as const;
 const TENANT_NUMERIC = ['default_reservation_ttl_ms', 'max_reservation_ttl_ms', 'max_reservation_extensions'] as const;
 const TENANT_STRINGS = ['parent_tenant_id', 'default_commit_overage_policy', 'reservation_expiry_policy'] as const;
 
@@ -143,6 +145,10 @@ export class AdminService {
       status: 'ACTIVE',
       created_at: iso(now),
       default_commit_overage_policy: String(body.default_commit_overage_policy ?? 'ALLOW_IF_AVAILABLE'),
+      // The documented defaults are stored, so the record says what the runtime applies.
+      default_reservation_ttl_ms: String(TENANT_DEFAULTS.default_reservation_ttl_ms),
+      max_reservation_ttl_ms: String(TENANT_DEFAULTS.max_reservation_ttl_ms),
+      max_reservation_extensions: String(TENANT_DEFAULTS.max_reservation_extensions),
     };
     for (const f of [...TENANT_STRINGS, ...TENANT_NUMERIC]) if (body[f] !== undefined) fields[f] = String(body[f]);
     if (body.metadata !== undefined) fields.metadata = JSON.stringify(body.metadata);
@@ -249,6 +255,10 @@ export class AdminService {
       throw new CyclesError('INVALID_REQUEST', 'tenant_id must not be sent with a tenant API key');
     }
     const { scope, tenant } = scopeOrThrow(String(body.scope));
+    // A scope rooted in another tenant is an invalid request here (reference ScopeValidator).
+    if (auth.kind === 'tenant' && tenant !== auth.tenantId) {
+      throw new CyclesError('INVALID_REQUEST', `Scope tenant '${tenant}' does not match the API key's tenant '${auth.tenantId}'`);
+    }
     const tenantId = this.budgetTenant(auth, body.tenant_id as string | undefined, tenant, true);
     const unit = String(body.unit);
     const allocated = body.allocated as { unit: string; amount: number };

@@ -117,7 +117,7 @@ function compare(a: [SortValue, string], b: [SortValue, string]): number {
  * keeps what `accept` returns, and stops at `limit` rows or after `budget` positions. Reports
  * the last position examined and whether the index had nothing more past it.
  */
-async function scanIndex<P, R, Row>(opts: {
+export async function scanIndex<P, R, Row>(opts: {
   start: P | undefined;
   limit: number;
   budget: number;

@@ -198,12 +198,12 @@ export class AdminStore {
     await multi.exec();
   }
 
-  /** Audit ids newest first from one index, strictly older than the cursor position. */
-  async auditIds(index: string, beforeScore: number | undefined, count: number): Promise<Array<[string, number]>> {
+  /** Audit ids newest first from one index, at or below the cursor position and not before `minScore`. */
+  async auditIds(index: string, beforeScore: number | undefined, count: number, minScore?: number): Promise<Array<[string, number]>> {
     const raw = await this.redis.zrevrangebyscore(
       this.keys.auditIndex(index),
       beforeScore === undefined ? '+inf' : beforeScore,
-      '-inf',
+      minScore === undefined ? '-inf' : minScore,
       'WITHSCORES',
       'LIMIT',
       0,

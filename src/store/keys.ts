@@ -96,4 +96,20 @@ export class Keys {
   // --- governance listings and API-key lookups (admin plane) ---
 
   // --- policies and audit (admin plane) ---
+  // A policy lives in its tenant's slot, and its id carries the tenant (ADR 0011):
+  //   P:{t}:pol:<policy_id>   hash    policy record (JSON-valued fields for caps and limits)
+  //   P:{t}:pols              zset    policy ids, score 0 (ascending id order for listing)
+  //   P:{t}:polnames          hash    policy name -> policy_id (names are unique per tenant)
+
+  policy(tenantId: string, policyId: string): string {
+    return `${this.tenantPrefix(tenantId)}pol:${policyId}`;
+  }
+
+  policyIndex(tenantId: string): string {
+    return `${this.tenantPrefix(tenantId)}pols`;
+  }
+
+  policyNames(tenantId: string): string {
+    return `${this.tenantPrefix(tenantId)}polnames`;
+  }
 }

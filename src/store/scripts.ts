@@ -31,6 +31,7 @@ export function loadScriptDefs(): ScriptDef[] {
     const match = /^([a-z-]+)-(\d+)\.lua$/.exec(file);
     if (!match) continue;
     const [, name, keys] = match;
+    if (defs.some((d) => d.name === name)) throw new Error(`two Lua scripts are named '${name}' in ${LUA_DIR}`);
     defs.push({ name: name!, fixedKeys: Number(keys), source: inline(readFileSync(join(LUA_DIR, file), 'utf8')) });
   }
   return defs;

@@ -32,6 +32,8 @@ export function authHooks(auth: Authenticator, invalidKeyCode: 'UNAUTHORIZED' | 
     if (secret === undefined) throw new CyclesError('UNAUTHORIZED', 'Missing X-Cycles-API-Key header');
     const result = await auth.authenticateTenant(secret);
     if (!result.ok) throw new CyclesError(invalidKeyCode, `Invalid API key: ${result.reason}`);
+    // The key is authenticated even if it lacks the permission: a failure is then the tenant's.
+    request.cycles.auth = result.auth;
     const needed = Array.isArray(permission) ? permission : [permission];
     if (needed.length > 0 && !needed.some((p) => hasPermission(result.auth.permissions, p))) {
       throw new CyclesError(
@@ -39,7 +41,6 @@ export function authHooks(auth: Authenticator, invalidKeyCode: 'UNAUTHORIZED' | 
         `API key lacks required permission: ${needed.join(' or ')}`,
       );
     }
-    request.cycles.auth = result.auth;
   };
 
   return {

@@ -125,7 +125,9 @@ export async function adminRoutes(app: FastifyInstance, deps: AdminDeps): Promis
     onRequest: hooks.tenantOrAdmin('budgets:write'),
   }, async (request) => {
     const result = await admin.fundBudget(request.cycles.auth!, request.query, request.body, request.cycles);
-    await audited(request, 'fundBudget', 'budget', `${request.query.scope}:${request.query.unit}`, request.query.tenant_id, 200);
+    const auth = request.cycles.auth!;
+    const tenantId = auth.kind === 'tenant' ? auth.tenantId : request.query.tenant_id;
+    await audited(request, 'fundBudget', 'budget', `${request.query.scope}:${request.query.unit}`, tenantId, 200);
     return result;
   });
 
