@@ -1,18 +1,9 @@
 import type { Keys } from './keys.js';
+import { zsetWindow, type ScorePosition } from './zset-window.js';
 import type { RecordFields } from './admin-store.js';
 import type { RedisClient, Scripts } from './scripts.js';
 
-/** Index position in a sorted set: the member and its score. */
-export interface ScorePosition {
-  id: string;
-  score: number;
-}
-
-/**
- * Entries sharing one score that a window reads to continue past a cursor. Tenants created in
- * the same millisecond share a score; more than this many in one millisecond is not expected.
- */
-const TIE_BUCKET_CAP = 10_000;
+export type { ScorePosition } from './zset-window.js';
 
 function nonEmpty(rec: Record<string, string>): RecordFields | undefined {
   return rec && Object.keys(rec).length > 0 ? rec : undefined;
@@ -24,12 +15,6 @@ function nonEmpty(rec: Record<string, string>): RecordFields | undefined {
  */
 function prefixEnd(prefix: string): string {
   return `(${prefix}\x7f`;
-}
-
-function pairs(raw: string[]): Array<[string, number]> {
-  const out: Array<[string, number]> = [];
-  for (let i = 0; i < raw.length; i += 2) out.push([raw[i]!, Number(raw[i + 1])]);
-  return out;
 }
 
 /**
@@ -61,24 +46,7 @@ export class ListingStore {
    * strictly after the (score, id) position of a cursor. Returns [tenant_id, created_at] pairs.
    */
   async tenantWindow(direction: 'asc' | 'desc', after: ScorePosition | undefined, count: number): Promise<Array<[string, number]>> {
-    const key = this.keys.tenantRegistry();
-    const out: Array<[string, number]> = [];
-    if (after) {
-      // Entries that share the cursor's score are ordered by id; take those past the cursor id.
-      const ties = pairs(await this.redis.zrangebyscore(key, after.score, after.score, 'WITHSCORES', 'LIMIT', 0, TIE_BUCKET_CAP));
-      if (direction === 'desc') ties.reverse();
-      for (const pair of ties) {
-        if (direction === 'desc' ? pair[0] < after.id : pair[0] > after.id) out.push(pair);
-        if (out.length === count) return out;
-      }
-    }
-    const rest = count - out.length;
-    const raw =
-      direction === 'desc'
-        ? await this.redis.zrevrangebyscore(key, after ? `(${after.score}` : '+inf', '-inf', 'WITHSCORES', 'LIMIT', 0, rest)
-        : await this.redis.zrangebyscore(key, after ? `(${after.score}` : '-inf', '+inf', 'WITHSCORES', 'LIMIT', 0, rest);
-    out.push(...pairs(raw));
-    return out;
+    return zsetWindow(this.redis, this.keys.tenantRegistry(), direction, after, count);
   }
 
   async getTenants(ids: string[]): Promise<Array<RecordFields | undefined>> {

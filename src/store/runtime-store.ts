@@ -1,4 +1,5 @@
 import type { Keys } from './keys.js';
+import { zsetWindow, type ScorePosition } from './zset-window.js';
 import type { RedisClient, Scripts, ScriptReply } from './scripts.js';
 
 /** What a ledger script answered: a kind (OK, REPLAY or an error code), server time, fields. */
@@ -215,32 +216,10 @@ export class RuntimeStore {
   async reservationIndexWindow(
     tenantId: string,
     direction: 'desc' | 'asc',
-    after: { score: number; id: string } | undefined,
+    after: ScorePosition | undefined,
     count: number,
   ): Promise<Array<[string, number]>> {
-    const key = this.keys.reservationIndex(tenantId);
-    const pairs = (raw: string[]): Array<[string, number]> => {
-      const out: Array<[string, number]> = [];
-      for (let i = 0; i < raw.length; i += 2) out.push([raw[i]!, Number(raw[i + 1])]);
-      return out;
-    };
-    const out: Array<[string, number]> = [];
-    if (after) {
-      // Entries that share the cursor's score are ordered by id; take those past the cursor id.
-      const ties = pairs(await this.redis.zrangebyscore(key, after.score, after.score, 'WITHSCORES'));
-      if (direction === 'desc') ties.reverse();
-      for (const pair of ties) {
-        if (direction === 'desc' ? pair[0] < after.id : pair[0] > after.id) out.push(pair);
-        if (out.length === count) return out;
-      }
-    }
-    const rest = count - out.length;
-    const raw =
-      direction === 'desc'
-        ? await this.redis.zrevrangebyscore(key, after ? `(${after.score}` : '+inf', '-inf', 'WITHSCORES', 'LIMIT', 0, rest)
-        : await this.redis.zrangebyscore(key, after ? `(${after.score}` : '-inf', '+inf', 'WITHSCORES', 'LIMIT', 0, rest);
-    out.push(...pairs(raw));
-    return out;
+    return zsetWindow(this.redis, this.keys.reservationIndex(tenantId), direction, after, count);
   }
 
   /** Budget index members ("scope|unit") after `afterMember`, in lexicographic order. */

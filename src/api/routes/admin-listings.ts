@@ -1,4 +1,4 @@
-import type { FastifyInstance, FastifyRequest } from 'fastify';
+import type { FastifyInstance } from 'fastify';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { AdminListingService } from '../../domain/admin-listings.js';
 import { ListingStore } from '../../store/listing-store.js';
@@ -12,6 +12,7 @@ import {
   TenantListQuery,
 } from '../schemas/admin-listings.js';
 import type { AdminDeps } from '../admin-app.js';
+import { auditSuccess } from '../plugins/audit-success.js';
 
 /** Governance listings: tenants, budgets, API keys, admin-plane balances, key update and validation. */
 export async function adminListingRoutes(app: FastifyInstance, deps: AdminDeps): Promise<void> {
@@ -20,22 +21,6 @@ export async function adminListingRoutes(app: FastifyInstance, deps: AdminDeps):
   const adminStore = deps.stores.admin;
   const listings = new AdminListingService(new ListingStore(adminStore.redis, adminStore.scripts, adminStore.keys), adminStore);
 
-  /** One success audit row per mutation (admin digest §2.8), shaped as the other admin routes write it. */
-  const audited = async (request: FastifyRequest, operation: string, resourceType: string, resourceId: string, tenantId: string, status: number) => {
-    const actorType = request.cycles.auth?.kind === 'admin' ? 'admin_on_behalf_of' : 'api_key';
-    await audit.write({
-      tenant_id: tenantId || '__admin__',
-      operation,
-      resource_type: resourceType,
-      resource_id: resourceId,
-      request_id: request.cycles.requestId,
-      trace_id: request.cycles.traceId,
-      status,
-      actor_type: actorType,
-      source_ip: request.ip,
-      metadata: { actor_type: actorType },
-    });
-  };
 
   r.get('/v1/admin/tenants', {
     schema: { querystring: TenantListQuery },
@@ -67,7 +52,12 @@ export async function adminListingRoutes(app: FastifyInstance, deps: AdminDeps):
     onRequest: hooks.admin(),
   }, async (request) => {
     const { tenantId, key } = await listings.updateApiKey(request.params.key_id, request.body);
-    await audited(request, 'updateApiKey', 'api_key', request.params.key_id, tenantId, 200);
+    await auditSuccess(audit, request, {
+      operation: 'updateApiKey',
+      resourceType: 'api_key',
+      resourceId: request.params.key_id, tenantId,
+      status: 200,
+    });
     return key;
   });
 

@@ -1,6 +1,7 @@
-import type { FastifyInstance, FastifyRequest } from 'fastify';
+import type { FastifyInstance } from 'fastify';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { AdminDeps } from '../admin-app.js';
+import { auditSuccess } from '../plugins/audit-success.js';
 import { PolicyService } from '../../domain/policies.js';
 import { PolicyStore } from '../../store/policy-store.js';
 import { PolicyCreateRequest, PolicyIdParams, PolicyListQuery, PolicyUpdateRequest } from '../schemas/policies.js';
@@ -12,24 +13,6 @@ export async function adminPolicyRoutes(app: FastifyInstance, deps: AdminDeps): 
   const policies = new PolicyService(new PolicyStore(admin.redis, admin.scripts, admin.keys));
   const { hooks, audit } = deps;
 
-  /** One success audit row per mutation (admin digest §2.8), attributed to the owning tenant. */
-  const audited = (request: FastifyRequest, operation: string, policyId: string, tenantId: string, status: number) => {
-    const auth = request.cycles.auth;
-    const actorType = auth?.kind === 'admin' ? 'admin_on_behalf_of' : 'api_key';
-    return audit.write({
-      tenant_id: tenantId,
-      ...(auth?.kind === 'tenant' ? { key_id: auth.keyId } : {}),
-      operation,
-      resource_type: 'policy',
-      resource_id: policyId,
-      request_id: request.cycles.requestId,
-      trace_id: request.cycles.traceId,
-      status,
-      actor_type: actorType,
-      source_ip: request.ip,
-      metadata: { actor_type: actorType },
-    });
-  };
 
   r.post('/v1/admin/policies', {
     schema: { body: PolicyCreateRequest },
@@ -37,7 +20,12 @@ export async function adminPolicyRoutes(app: FastifyInstance, deps: AdminDeps): 
     onRequest: hooks.tenantOrAdmin('policies:write'),
   }, async (request, reply) => {
     const { tenantId, policy } = await policies.create(request.cycles.auth!, request.body, request.cycles);
-    await audited(request, 'createPolicy', String(policy.policy_id), tenantId, 201);
+    await auditSuccess(audit, request, {
+      operation: 'createPolicy',
+      resourceType: 'policy',
+      resourceId: String(policy.policy_id), tenantId,
+      status: 201,
+    });
     return reply.code(201).send(policy);
   });
 
@@ -53,7 +41,12 @@ export async function adminPolicyRoutes(app: FastifyInstance, deps: AdminDeps): 
     onRequest: hooks.tenantOrAdmin('policies:write'),
   }, async (request) => {
     const { tenantId, policy } = await policies.update(request.cycles.auth!, request.params.policy_id, request.body, request.cycles);
-    await audited(request, 'updatePolicy', request.params.policy_id, tenantId, 200);
+    await auditSuccess(audit, request, {
+      operation: 'updatePolicy',
+      resourceType: 'policy',
+      resourceId: request.params.policy_id, tenantId,
+      status: 200,
+    });
     return policy;
   });
 }

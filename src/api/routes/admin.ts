@@ -1,4 +1,4 @@
-import type { FastifyInstance, FastifyRequest } from 'fastify';
+import type { FastifyInstance } from 'fastify';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { introspect } from '../../domain/admin.js';
 import {
@@ -16,36 +16,13 @@ import {
   TenantUpdateRequest,
 } from '../schemas/admin.js';
 import type { AdminDeps } from '../admin-app.js';
+import { auditSuccess } from '../plugins/audit-success.js';
 
 /** Governance operations the runtime needs now: tenants, keys, budgets, audit, introspection. */
 export async function adminRoutes(app: FastifyInstance, deps: AdminDeps): Promise<void> {
   const r = app.withTypeProvider<TypeBoxTypeProvider>();
   const { admin, hooks, audit } = deps;
 
-  /** One success audit row per mutation (admin digest §2.8). */
-  const audited = async (
-    request: FastifyRequest,
-    operation: string,
-    resourceType: string,
-    resourceId: string,
-    tenantId: string | undefined,
-    status: number,
-  ) => {
-    const auth = request.cycles.auth;
-    await audit.write({
-      tenant_id: tenantId ?? '__admin__',
-      ...(auth?.kind === 'tenant' ? { key_id: auth.keyId } : {}),
-      operation,
-      resource_type: resourceType,
-      resource_id: resourceId,
-      request_id: request.cycles.requestId,
-      trace_id: request.cycles.traceId,
-      status,
-      actor_type: auth?.kind === 'admin' ? 'admin_on_behalf_of' : 'api_key',
-      source_ip: request.ip,
-      metadata: { actor_type: auth?.kind === 'admin' ? 'admin_on_behalf_of' : 'api_key' },
-    });
-  };
 
   r.post('/v1/admin/tenants', {
     schema: { body: TenantCreateRequest },
@@ -53,7 +30,13 @@ export async function adminRoutes(app: FastifyInstance, deps: AdminDeps): Promis
     onRequest: hooks.admin(),
   }, async (request, reply) => {
     const { created, tenant } = await admin.createTenant(request.cycles.auth!, request.body, request.cycles);
-    await audited(request, 'createTenant', 'tenant', request.body.tenant_id, request.body.tenant_id, created ? 201 : 200);
+    await auditSuccess(audit, request, {
+      operation: 'createTenant',
+      resourceType: 'tenant',
+      resourceId: request.body.tenant_id,
+      tenantId: request.body.tenant_id,
+      status: created ? 201 : 200,
+    });
     return reply.code(created ? 201 : 200).send(tenant);
   });
 
@@ -69,7 +52,13 @@ export async function adminRoutes(app: FastifyInstance, deps: AdminDeps): Promis
     onRequest: hooks.admin(),
   }, async (request) => {
     const tenant = await admin.updateTenant(request.cycles.auth!, request.params.tenant_id, request.body, request.cycles);
-    await audited(request, 'updateTenant', 'tenant', request.params.tenant_id, request.params.tenant_id, 200);
+    await auditSuccess(audit, request, {
+      operation: 'updateTenant',
+      resourceType: 'tenant',
+      resourceId: request.params.tenant_id,
+      tenantId: request.params.tenant_id,
+      status: 200,
+    });
     return tenant;
   });
 
@@ -79,7 +68,13 @@ export async function adminRoutes(app: FastifyInstance, deps: AdminDeps): Promis
     onRequest: hooks.admin(),
   }, async (request, reply) => {
     const key = await admin.createApiKey(request.body);
-    await audited(request, 'createApiKey', 'api_key', String(key.key_id), request.body.tenant_id, 201);
+    await auditSuccess(audit, request, {
+      operation: 'createApiKey',
+      resourceType: 'api_key',
+      resourceId: String(key.key_id),
+      tenantId: request.body.tenant_id,
+      status: 201,
+    });
     return reply.code(201).send(key);
   });
 
@@ -89,7 +84,13 @@ export async function adminRoutes(app: FastifyInstance, deps: AdminDeps): Promis
     onRequest: hooks.admin(),
   }, async (request) => {
     const key = await admin.revokeApiKey(request.params.key_id, request.query.reason);
-    await audited(request, 'revokeApiKey', 'api_key', request.params.key_id, String(key.tenant_id), 200);
+    await auditSuccess(audit, request, {
+      operation: 'revokeApiKey',
+      resourceType: 'api_key',
+      resourceId: request.params.key_id,
+      tenantId: String(key.tenant_id),
+      status: 200,
+    });
     return key;
   });
 
@@ -99,7 +100,13 @@ export async function adminRoutes(app: FastifyInstance, deps: AdminDeps): Promis
     onRequest: hooks.tenantOrAdmin('budgets:write'),
   }, async (request, reply) => {
     const ledger = await admin.createBudget(request.cycles.auth!, request.body, request.cycles);
-    await audited(request, 'createBudget', 'budget', String(ledger.ledger_id), String(ledger.tenant_id), 201);
+    await auditSuccess(audit, request, {
+      operation: 'createBudget',
+      resourceType: 'budget',
+      resourceId: String(ledger.ledger_id),
+      tenantId: String(ledger.tenant_id),
+      status: 201,
+    });
     return reply.code(201).send(ledger);
   });
 
@@ -115,7 +122,13 @@ export async function adminRoutes(app: FastifyInstance, deps: AdminDeps): Promis
     onRequest: hooks.admin(),
   }, async (request) => {
     const ledger = await admin.updateBudget(request.cycles.auth!, request.query, request.body, request.cycles);
-    await audited(request, 'updateBudget', 'budget', String(ledger.ledger_id), String(ledger.tenant_id), 200);
+    await auditSuccess(audit, request, {
+      operation: 'updateBudget',
+      resourceType: 'budget',
+      resourceId: String(ledger.ledger_id),
+      tenantId: String(ledger.tenant_id),
+      status: 200,
+    });
     return ledger;
   });
 
@@ -127,7 +140,12 @@ export async function adminRoutes(app: FastifyInstance, deps: AdminDeps): Promis
     const result = await admin.fundBudget(request.cycles.auth!, request.query, request.body, request.cycles);
     const auth = request.cycles.auth!;
     const tenantId = auth.kind === 'tenant' ? auth.tenantId : request.query.tenant_id;
-    await audited(request, 'fundBudget', 'budget', `${request.query.scope}:${request.query.unit}`, tenantId, 200);
+    await auditSuccess(audit, request, {
+      operation: 'fundBudget',
+      resourceType: 'budget',
+      resourceId: `${request.query.scope}:${request.query.unit}`, tenantId,
+      status: 200,
+    });
     return result;
   });
 
@@ -145,7 +163,13 @@ export async function adminRoutes(app: FastifyInstance, deps: AdminDeps): Promis
       },
     }, async (request) => {
       const ledger = await admin.setBudgetStatus(request.cycles.auth!, request.query, target, request.body?.reason, request.cycles);
-      await audited(request, operation, 'budget', String(ledger.ledger_id), String(ledger.tenant_id), 200);
+      await auditSuccess(audit, request, {
+      operation,
+      resourceType: 'budget',
+      resourceId: String(ledger.ledger_id),
+      tenantId: String(ledger.tenant_id),
+      status: 200,
+    });
       return ledger;
     });
   }
