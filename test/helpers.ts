@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify';
 import { pino } from 'pino';
-import { inject } from 'vitest';
+import { expect, inject } from 'vitest';
 import { createSystem, type System } from '../src/system.js';
 
 export const ADMIN_KEY = 'test-admin-key';
@@ -171,3 +171,44 @@ export async function createTenant(
 export function invariantHolds(b: any): boolean {
   return b.remaining.amount === b.allocated.amount - b.spent.amount - b.reserved.amount - b.debt.amount;
 }
+
+// Assertions shared by the runtime suites.
+
+export function expectError(res: LightMyRequestResponse, status: number, code: string): any {
+  expect(res.statusCode, res.body).toBe(status);
+  const b = json(res);
+  expect(b.error).toBe(code);
+  expect(typeof b.message).toBe('string');
+  expect(typeof b.request_id).toBe('string');
+  expect(b.trace_id).toBe(res.headers['x-cycles-trace-id']);
+  return b;
+}
+
+export function nums(b: any) {
+  return {
+    allocated: b.allocated.amount,
+    remaining: b.remaining.amount,
+    reserved: b.reserved.amount,
+    spent: b.spent.amount,
+    debt: b.debt.amount,
+    over: b.is_over_limit,
+  };
+}
+
+export async function expectInvariant(t: TestTenant): Promise<void> {
+  const all = json(await t.get(`/v1/balances?tenant=${t.id}&limit=200`)).balances as any[];
+  for (const b of all) expect(invariantHolds(b), JSON.stringify(b)).toBe(true);
+}
+
+export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+
+export async function getRes(t: TestTenant, rid: string) {
+  const r = await t.get(`/v1/reservations/${rid}`);
+  expect(r.statusCode, r.body).toBe(200);
+  return json(r);
+}
+
+export async function ledger(t: TestTenant): Promise<Record<string, any>> {
+  return (await t.ledger()) as Record<string, any>;
+}
+

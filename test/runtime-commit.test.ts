@@ -1,7 +1,6 @@
 import { randomBytes } from 'node:crypto';
-import type { LightMyRequestResponse } from 'fastify';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { USD, createTenant, invariantHolds, json, startHarness, type Harness, type TestTenant } from './helpers.js';
+import { USD, createTenant, invariantHolds, json, startHarness, expectError, getRes, ledger, type Harness, type TestTenant } from './helpers.js';
 
 /**
  * POST /v1/reservations/{id}/commit: the arithmetic of runtime digest §2.2 and §3.9 for every
@@ -13,16 +12,6 @@ beforeAll(async () => {
   h = await startHarness({ keyPrefix: `cyt-commit-${randomBytes(4).toString('hex')}` });
 });
 afterAll(async () => h?.close());
-
-function expectError(res: LightMyRequestResponse, status: number, code: string): any {
-  expect(res.statusCode, res.body).toBe(status);
-  const b = json(res);
-  expect(b.error).toBe(code);
-  expect(typeof b.message).toBe('string');
-  expect(typeof b.request_id).toBe('string');
-  expect(b.trace_id).toBe(res.headers['x-cycles-trace-id']);
-  return b;
-}
 
 interface Nums {
   allocated: number;
@@ -40,12 +29,7 @@ function nums(b: any): Nums {
     reserved: b.reserved.amount,
     spent: b.spent.amount,
     debt: b.debt.amount,
-    over: b.is_over_limit,
-  };
-}
-
-async function ledger(t: TestTenant): Promise<Record<string, any>> {
-  return (await t.ledger()) as Record<string, any>;
+    over: b.is_over_limit };
 }
 
 /** Every balance of the tenant satisfies remaining = allocated − spent − reserved − debt. */
@@ -57,12 +41,6 @@ async function expectInvariant(t: TestTenant): Promise<void> {
 
 async function bal(t: TestTenant, rel = ''): Promise<Nums> {
   return nums(await t.balance(rel));
-}
-
-async function getRes(t: TestTenant, rid: string) {
-  const r = await t.get(`/v1/reservations/${rid}`);
-  expect(r.statusCode, r.body).toBe(200);
-  return json(r);
 }
 
 const OD = 'ALLOW_WITH_OVERDRAFT';
@@ -268,8 +246,7 @@ describe('commit: ALLOW_WITH_OVERDRAFT', () => {
 
   it('mixed scopes: debt lands only on the limited scope that cannot fund Δ; scopes that can are charged normally', async () => {
     const t = await createTenant(h, {
-      budgets: [['', 1_000_000], ['workspace:w', 100, { overdraft: 1000 }], ['workspace:w/app:a', 1000]],
-    });
+      budgets: [['', 1_000_000], ['workspace:w', 100, { overdraft: 1000 }], ['workspace:w/app:a', 1000]] });
     const subject = { tenant: t.id, workspace: 'w', app: 'a' };
     const rid = await t.reserveOk(100, { subject, overage_policy: OD });
     // rem: tenant 999,900, ws 0 (limit 1000), app 900 (limit 0). Commit 400: Δ 300.
@@ -283,8 +260,7 @@ describe('commit: ALLOW_WITH_OVERDRAFT', () => {
 
   it('mixed scopes: an uncovered zero-limit scope caps Δ for every scope (and is flagged); the limited scope takes the capped shortfall as debt', async () => {
     const t = await createTenant(h, {
-      budgets: [['', 1_000_000], ['workspace:w', 100, { overdraft: 1000 }], ['workspace:w/app:a', 150]],
-    });
+      budgets: [['', 1_000_000], ['workspace:w', 100, { overdraft: 1000 }], ['workspace:w/app:a', 150]] });
     const subject = { tenant: t.id, workspace: 'w', app: 'a' };
     const rid = await t.reserveOk(100, { subject, overage_policy: OD });
     // rem: tenant 999,900, ws 0 (limit 1000), app 50 (limit 0). Commit 400: Δ 300 → Δ' = 50.
@@ -298,8 +274,7 @@ describe('commit: ALLOW_WITH_OVERDRAFT', () => {
 
   it('mixed scopes: one limited scope over its limit rejects the whole commit, nothing changes anywhere', async () => {
     const t = await createTenant(h, {
-      budgets: [['', 1_000_000], ['workspace:w', 100, { overdraft: 1000 }], ['workspace:w/app:a', 100, { overdraft: 10 }]],
-    });
+      budgets: [['', 1_000_000], ['workspace:w', 100, { overdraft: 1000 }], ['workspace:w/app:a', 100, { overdraft: 10 }]] });
     const subject = { tenant: t.id, workspace: 'w', app: 'a' };
     const rid = await t.reserveOk(100, { subject, overage_policy: OD });
     const before = await ledger(t);

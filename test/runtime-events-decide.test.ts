@@ -1,7 +1,6 @@
 import { randomBytes } from 'node:crypto';
-import type { LightMyRequestResponse } from 'fastify';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ADMIN_KEY, USD, createTenant, idem, invariantHolds, json, startHarness, type Harness, type TestTenant } from './helpers.js';
+import { ADMIN_KEY, USD, createTenant, idem, json, startHarness, expectError, nums, expectInvariant, ledger, type Harness, type TestTenant } from './helpers.js';
 
 /**
  * POST /v1/events (direct debit; runtime digest §2.9) under all three overage policies, and
@@ -17,38 +16,8 @@ afterAll(async () => h?.close());
 const ADMIN = { 'x-admin-api-key': ADMIN_KEY };
 const OD = 'ALLOW_WITH_OVERDRAFT';
 
-function expectError(res: LightMyRequestResponse, status: number, code: string): any {
-  expect(res.statusCode, res.body).toBe(status);
-  const b = json(res);
-  expect(b.error).toBe(code);
-  expect(typeof b.message).toBe('string');
-  expect(typeof b.request_id).toBe('string');
-  expect(b.trace_id).toBe(res.headers['x-cycles-trace-id']);
-  return b;
-}
-
-function nums(b: any) {
-  return {
-    allocated: b.allocated.amount,
-    remaining: b.remaining.amount,
-    reserved: b.reserved.amount,
-    spent: b.spent.amount,
-    debt: b.debt.amount,
-    over: b.is_over_limit,
-  };
-}
-
-async function ledger(t: TestTenant): Promise<Record<string, any>> {
-  return (await t.ledger()) as Record<string, any>;
-}
-
 async function bal(t: TestTenant, rel = '') {
   return nums(await t.balance(rel));
-}
-
-async function expectInvariant(t: TestTenant): Promise<void> {
-  const all = json(await t.get(`/v1/balances?tenant=${t.id}&limit=200`)).balances as any[];
-  for (const b of all) expect(invariantHolds(b), JSON.stringify(b)).toBe(true);
 }
 
 const q = (t: TestTenant, rel: string) => `scope=${encodeURIComponent(t.scope(rel))}&unit=${USD}`;
@@ -63,8 +32,7 @@ async function credit(t: TestTenant, rel: string, amount: number) {
     method: 'POST',
     url: `/v1/admin/budgets/fund?${q(t, rel)}&tenant_id=${t.id}`,
     headers: ADMIN,
-    payload: { operation: 'CREDIT', amount: { unit: USD, amount } },
-  });
+    payload: { operation: 'CREDIT', amount: { unit: USD, amount } } });
   expect(r.statusCode, r.body).toBe(200);
 }
 
@@ -80,8 +48,7 @@ function eventBody(t: TestTenant, amount: number, over: Record<string, unknown> 
     subject: { tenant: t.id, workspace: ws ?? 'prod' },
     action: { kind: 'llm.completion', name: 'm' },
     actual: { unit: unit ?? USD, amount },
-    ...rest,
-  };
+    ...rest };
 }
 
 function event(t: TestTenant, amount: number, over: Record<string, unknown> = {}) {
@@ -95,8 +62,7 @@ function decideBody(t: TestTenant, amount: number, over: Record<string, unknown>
     subject: { tenant: t.id, workspace: ws ?? 'prod' },
     action: { kind: 'llm.completion', name: 'm' },
     estimate: { unit: unit ?? USD, amount },
-    ...rest,
-  };
+    ...rest };
 }
 
 function decide(t: TestTenant, amount: number, over: Record<string, unknown> = {}) {
@@ -282,8 +248,7 @@ describe('decide', () => {
 
   it('budget states are 200 DENY with the reason code, never 409/404, and change nothing', async () => {
     const t = await createTenant(h, {
-      budgets: [['', 1_000_000], ['workspace:prod', 100_000], ['workspace:fz', 1000], ['workspace:cl', 1000], ['workspace:ol', 1000], ['workspace:db', 100, { overdraft: 1000 }]],
-    });
+      budgets: [['', 1_000_000], ['workspace:prod', 100_000], ['workspace:fz', 1000], ['workspace:cl', 1000], ['workspace:ol', 1000], ['workspace:db', 100, { overdraft: 1000 }]] });
     await freeze(t, 'workspace:fz');
     await fixture(t, 'workspace:cl', { status: 'CLOSED' });
     // Over-limit through ALLOW_IF_AVAILABLE capping.

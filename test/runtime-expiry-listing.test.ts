@@ -1,7 +1,6 @@
 import { randomBytes } from 'node:crypto';
-import type { LightMyRequestResponse } from 'fastify';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ADMIN_KEY, USD, createTenant, idem, invariantHolds, json, startHarness, type Harness, type TestTenant } from './helpers.js';
+import { ADMIN_KEY, USD, createTenant, idem, invariantHolds, json, startHarness, expectError, sleep, getRes, ledger, type Harness, type TestTenant } from './helpers.js';
 
 /**
  * Expiry sweep (runtime digest §3.8, checklist §9 K 112–114), GET/list reservations (§2.5, §2.6,
@@ -15,22 +14,7 @@ beforeAll(async () => {
 });
 afterAll(async () => h?.close());
 
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 const iso = (ms: number) => new Date(ms).toISOString();
-
-function expectError(res: LightMyRequestResponse, status: number, code: string): any {
-  expect(res.statusCode, res.body).toBe(status);
-  const b = json(res);
-  expect(b.error).toBe(code);
-  expect(typeof b.message).toBe('string');
-  expect(typeof b.request_id).toBe('string');
-  expect(b.trace_id).toBe(res.headers['x-cycles-trace-id']);
-  return b;
-}
-
-async function ledger(t: TestTenant): Promise<Record<string, any>> {
-  return (await t.ledger()) as Record<string, any>;
-}
 
 async function list(t: TestTenant, query = ''): Promise<any> {
   const r = await t.get(`/v1/reservations${query ? `?${query}` : ''}`);
@@ -58,12 +42,6 @@ async function pages(t: TestTenant, query: string): Promise<any[][]> {
     }
   }
   throw new Error('pagination did not terminate');
-}
-
-async function getRes(t: TestTenant, rid: string) {
-  const r = await t.get(`/v1/reservations/${rid}`);
-  expect(r.statusCode, r.body).toBe(200);
-  return json(r);
 }
 
 const prodKey = (t: TestTenant) => `${t.scope('workspace:prod')}|${USD}`;
@@ -367,8 +345,7 @@ describe('GET /v1/balances', () => {
         ['workspace:prod', 100_000],
         ['workspace:prod/app:a', 10_000],
         ['workspace:dev', 7_000],
-      ],
-    });
+      ] });
   }
 
   it('requires a subject filter; tenant filter returns every ledger of the tenant with the invariant holding', async () => {

@@ -1,7 +1,6 @@
 import { randomBytes } from 'node:crypto';
-import type { LightMyRequestResponse } from 'fastify';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ADMIN_KEY, USD, createTenant, idem, json, startHarness, type Harness, type TestTenant } from './helpers.js';
+import { ADMIN_KEY, USD, createTenant, idem, json, startHarness, expectError, sleep, ledger, type Harness, type TestTenant } from './helpers.js';
 
 /**
  * Idempotency (runtime digest §2.0 "Idempotency keys/scope", §2.1–§2.4 and §2.9 idempotency
@@ -14,22 +13,7 @@ beforeAll(async () => {
 });
 afterAll(async () => h?.close());
 
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 const JSON_CT = { 'content-type': 'application/json' };
-
-function expectError(res: LightMyRequestResponse, status: number, code: string): any {
-  expect(res.statusCode, res.body).toBe(status);
-  const b = json(res);
-  expect(b.error).toBe(code);
-  expect(typeof b.message).toBe('string');
-  expect(typeof b.request_id).toBe('string');
-  expect(b.trace_id).toBe(res.headers['x-cycles-trace-id']);
-  return b;
-}
-
-async function ledger(t: TestTenant): Promise<Record<string, any>> {
-  return (await t.ledger()) as Record<string, any>;
-}
 
 const prodKey = (t: TestTenant) => `${t.scope('workspace:prod')}|${USD}`;
 
@@ -43,8 +27,7 @@ async function credit(t: TestTenant, rel: string, amount: number) {
     method: 'POST',
     url: `/v1/admin/budgets/fund?scope=${encodeURIComponent(t.scope(rel))}&unit=${USD}&tenant_id=${t.id}`,
     headers: { 'x-admin-api-key': ADMIN_KEY },
-    payload: { operation: 'CREDIT', amount: { unit: USD, amount } },
-  });
+    payload: { operation: 'CREDIT', amount: { unit: USD, amount } } });
   expect(r.statusCode, r.body).toBe(200);
 }
 
@@ -53,8 +36,7 @@ function eventBody(t: TestTenant, amount: number, key = idem('ev')) {
     idempotency_key: key,
     subject: { tenant: t.id, workspace: 'prod' },
     action: { kind: 'llm.completion', name: 'm' },
-    actual: { unit: USD, amount },
-  };
+    actual: { unit: USD, amount } };
 }
 
 describe('reserve idempotency', () => {

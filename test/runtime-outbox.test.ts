@@ -42,8 +42,7 @@ describe('runtime events in the outbox', () => {
       actor: { type: 'api_key' },
       request_id: live.headers['x-request-id'],
       trace_id: live.headers['x-cycles-trace-id'],
-      data: { reason_code: 'BUDGET_EXCEEDED', requested_amount: 200_000, unit: USD, remaining: 100_000, dry_run: false },
-    });
+      data: { reason_code: 'BUDGET_EXCEEDED', requested_amount: 200_000, unit: USD, remaining: 100_000, dry_run: false } });
     expect(denied[1].data).toMatchObject({ reason_code: 'BUDGET_EXCEEDED', dry_run: true });
     expect(new Set(denied.map((e) => e.event_id)).size).toBe(2);
   });
@@ -68,8 +67,7 @@ describe('runtime events in the outbox', () => {
       charged_amount: 1050,
       overage: 950,
       overage_policy: 'ALLOW_WITH_OVERDRAFT',
-      debt_incurred: true,
-    });
+      debt_incurred: true });
     const debt = before.filter((e) => e.event_type === 'budget.debt_incurred');
     expect(debt).toHaveLength(1);
     expect(debt[0]).toMatchObject({ scope: t.scope('workspace:w'), data: { debt_incurred: 50, total_debt: 50, overdraft_limit: 10_000 } });
@@ -107,8 +105,7 @@ describe('runtime events in the outbox', () => {
     expect(expired[0]).toMatchObject({
       scope: t.scope('workspace:prod'),
       actor: { type: 'scheduler' },
-      data: { reservation_id: rid, unit: USD, estimated_amount: 300, ttl_ms: 1000, extensions_used: 0 },
-    });
+      data: { reservation_id: rid, unit: USD, estimated_amount: 300, ttl_ms: 1000, extensions_used: 0 } });
   });
 
   it('a successful reserve, release and plain commit append nothing', async () => {

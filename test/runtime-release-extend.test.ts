@@ -1,7 +1,6 @@
 import { randomBytes } from 'node:crypto';
-import type { LightMyRequestResponse } from 'fastify';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ADMIN_KEY, USD, createTenant, idem, invariantHolds, json, startHarness, type Harness, type TestTenant } from './helpers.js';
+import { ADMIN_KEY, USD, createTenant, idem, json, startHarness, expectError, nums, expectInvariant, sleep, getRes, ledger, type Harness, type TestTenant } from './helpers.js';
 
 /**
  * Release and extend (runtime digest §2.3, §2.4, §3.8, §3.11; checklist §9 I, J), plus the
@@ -14,44 +13,6 @@ beforeAll(async () => {
   h = await startHarness({ keyPrefix: `cyt-relext-${randomBytes(4).toString('hex')}` });
 });
 afterAll(async () => h?.close());
-
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
-
-function expectError(res: LightMyRequestResponse, status: number, code: string): any {
-  expect(res.statusCode, res.body).toBe(status);
-  const b = json(res);
-  expect(b.error).toBe(code);
-  expect(typeof b.message).toBe('string');
-  expect(typeof b.request_id).toBe('string');
-  expect(b.trace_id).toBe(res.headers['x-cycles-trace-id']);
-  return b;
-}
-
-function nums(b: any) {
-  return {
-    allocated: b.allocated.amount,
-    remaining: b.remaining.amount,
-    reserved: b.reserved.amount,
-    spent: b.spent.amount,
-    debt: b.debt.amount,
-    over: b.is_over_limit,
-  };
-}
-
-async function ledger(t: TestTenant): Promise<Record<string, any>> {
-  return (await t.ledger()) as Record<string, any>;
-}
-
-async function expectInvariant(t: TestTenant): Promise<void> {
-  const all = json(await t.get(`/v1/balances?tenant=${t.id}&limit=200`)).balances as any[];
-  for (const b of all) expect(invariantHolds(b), JSON.stringify(b)).toBe(true);
-}
-
-async function getRes(t: TestTenant, rid: string) {
-  const r = await t.get(`/v1/reservations/${rid}`);
-  expect(r.statusCode, r.body).toBe(200);
-  return json(r);
-}
 
 function extend(t: TestTenant, rid: string, by: number, key = idem('x')) {
   return t.post(`/v1/reservations/${rid}/extend`, { idempotency_key: key, extend_by_ms: by });
@@ -124,8 +85,7 @@ describe('release', () => {
       method: 'POST',
       url: `/v1/reservations/${rid}/release`,
       headers: { 'x-admin-api-key': ADMIN_KEY },
-      payload: { idempotency_key: idem('adm'), reason: '[INCIDENT_FORCE_RELEASE] test' },
-    });
+      payload: { idempotency_key: idem('adm'), reason: '[INCIDENT_FORCE_RELEASE] test' } });
     expect(r.statusCode, r.body).toBe(200);
     expect(json(r)).toEqual({ status: 'RELEASED', released: { unit: USD, amount: 700 } });
     expect(await ledger(t)).toEqual(before);

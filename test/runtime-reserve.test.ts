@@ -1,7 +1,6 @@
 import { randomBytes } from 'node:crypto';
-import type { LightMyRequestResponse } from 'fastify';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ADMIN_KEY, USD, createTenant, idem, invariantHolds, json, startHarness, type Harness, type TestTenant } from './helpers.js';
+import { ADMIN_KEY, USD, createTenant, idem, json, startHarness, expectError, nums, expectInvariant, getRes, ledger, type Harness, type TestTenant } from './helpers.js';
 
 /**
  * POST /v1/reservations (runtime digest §2.1, §3.2, §3.10, §3.11; checklist §9 D, E, F).
@@ -17,32 +16,7 @@ afterAll(async () => h?.close());
 
 const ADMIN = { 'x-admin-api-key': ADMIN_KEY };
 
-function expectError(res: LightMyRequestResponse, status: number, code: string): any {
-  expect(res.statusCode, res.body).toBe(status);
-  const b = json(res);
-  expect(b.error).toBe(code);
-  expect(typeof b.message).toBe('string');
-  expect(typeof b.request_id).toBe('string');
-  expect(b.trace_id).toBe(res.headers['x-cycles-trace-id']);
-  return b;
-}
-
-function nums(b: any) {
-  return {
-    allocated: b.allocated.amount,
-    remaining: b.remaining.amount,
-    reserved: b.reserved.amount,
-    spent: b.spent.amount,
-    debt: b.debt.amount,
-    over: b.is_over_limit,
-  };
-}
-
 const key = (t: TestTenant, rel = '', unit = USD) => `${t.scope(rel)}|${unit}`;
-
-async function ledger(t: TestTenant): Promise<Record<string, any>> {
-  return (await t.ledger()) as Record<string, any>;
-}
 
 /** The ledger with `amount` additionally held on the given keys. */
 function withHold(before: Record<string, any>, keys: string[], amount: number): Record<string, any> {
@@ -52,11 +26,6 @@ function withHold(before: Record<string, any>, keys: string[], amount: number): 
     out[k].remaining -= amount;
   }
   return out;
-}
-
-async function expectInvariant(t: TestTenant): Promise<void> {
-  const all = json(await t.get(`/v1/balances?tenant=${t.id}&limit=200`)).balances as any[];
-  for (const b of all) expect(invariantHolds(b), JSON.stringify(b)).toBe(true);
 }
 
 async function adminCall(method: 'POST' | 'PATCH', url: string, payload: object) {
@@ -90,12 +59,6 @@ async function fund(t: TestTenant, rel: string, operation: string, amount: numbe
 /** Fixture-only ledger states (digest §9 "Fixture-only states"): a direct write to the real store. */
 async function fixture(t: TestTenant, rel: string, fields: Record<string, string>) {
   await h.system.redis.hset(h.system.keys.budget(t.id, t.scope(rel), USD), fields);
-}
-
-async function getRes(t: TestTenant, rid: string) {
-  const r = await t.get(`/v1/reservations/${rid}`);
-  expect(r.statusCode, r.body).toBe(200);
-  return json(r);
 }
 
 describe('reserve: scope derivation', () => {
@@ -165,8 +128,7 @@ describe('reserve: scope derivation', () => {
         ['workspace:prod', 100_000],
         ['workspace:prod/app:a', 10_000],
         ['workspace:prod/app:a/workflow:w/agent:g', 5_000],
-      ],
-    });
+      ] });
     const before = await ledger(t);
     const subject = { tenant: t.id, workspace: 'prod', app: 'a', workflow: 'w', agent: 'g', toolset: 'ts' };
     const res = await t.post('/v1/reservations', t.reserveBody(700, { subject }));
@@ -185,8 +147,7 @@ describe('reserve: scope derivation', () => {
     const after = await ledger(t);
     expect(after).toEqual(withHold(before, held, 700));
     expect(after[key(t, 'workspace:prod/app:a/workflow:w/agent:g')]).toEqual({
-      remaining: 4_300, reserved: 700, spent: 0, debt: 0, allocated: 5_000, over: false,
-    });
+      remaining: 4_300, reserved: 700, spent: 0, debt: 0, allocated: 5_000, over: false });
     await expectInvariant(t);
     const rel = await t.release(b.reservation_id);
     expect(rel.statusCode, rel.body).toBe(200);
@@ -248,8 +209,7 @@ describe('reserve: budget denials (live → 409, never 200 DENY)', () => {
     const dry = await t.reserve(1, { dry_run: true });
     expect(dry.statusCode).toBe(200);
     expect(json(dry)).toEqual({
-      decision: 'DENY', reason_code: 'BUDGET_FROZEN', scope_path: t.scope('workspace:prod'), affected_scopes: [t.scope(), t.scope('workspace:prod')],
-    });
+      decision: 'DENY', reason_code: 'BUDGET_FROZEN', scope_path: t.scope('workspace:prod'), affected_scopes: [t.scope(), t.scope('workspace:prod')] });
     await unfreeze(t, 'workspace:prod');
     expect((await t.reserve(1)).statusCode).toBe(200);
 
@@ -374,8 +334,7 @@ describe('reserve: budget denials (live → 409, never 200 DENY)', () => {
       decision: 'DENY',
       reason_code: 'BUDGET_NOT_FOUND',
       scope_path: `${t.scope()}/workspace:w/agent:x`,
-      affected_scopes: [t.scope(), `${t.scope()}/workspace:w`, `${t.scope()}/workspace:w/agent:x`],
-    });
+      affected_scopes: [t.scope(), `${t.scope()}/workspace:w`, `${t.scope()}/workspace:w/agent:x`] });
   });
 
   it('FORBIDDEN when subject.tenant is another tenant; nothing changes', async () => {
@@ -410,8 +369,7 @@ describe('reserve: dry_run', () => {
       decision: 'ALLOW',
       reserved: { unit: USD, amount: 100 },
       scope_path: t.scope('workspace:prod'),
-      affected_scopes: [t.scope(), t.scope('workspace:prod')],
-    });
+      affected_scopes: [t.scope(), t.scope('workspace:prod')] });
     expect(await ledger(t)).toEqual(before);
     const list = await t.get(`/v1/reservations?idempotency_key=${body.idempotency_key}`);
     expect(list.statusCode).toBe(200);
@@ -430,8 +388,7 @@ describe('reserve: dry_run', () => {
       decision: 'DENY',
       reason_code: 'BUDGET_EXCEEDED',
       scope_path: t.scope('workspace:prod'),
-      affected_scopes: [t.scope(), t.scope('workspace:prod')],
-    });
+      affected_scopes: [t.scope(), t.scope('workspace:prod')] });
     for (const k of ['reservation_id', 'expires_at_ms', 'remaining_ttl_ms', 'caps']) expect(b).not.toHaveProperty(k);
     expect(await ledger(t)).toEqual(before);
   });

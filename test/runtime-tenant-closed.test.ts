@@ -1,7 +1,6 @@
 import { randomBytes } from 'node:crypto';
-import type { LightMyRequestResponse } from 'fastify';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ADMIN_KEY, USD, createTenant, idem, json, startHarness, type Harness, type TestTenant } from './helpers.js';
+import { ADMIN_KEY, USD, createTenant, idem, json, startHarness, expectError, sleep, ledger, type Harness, type TestTenant } from './helpers.js';
 
 /**
  * Closed tenant guard (runtime digest §7 rule 7, §2.x TENANT_CLOSED rows; checklist §9 O):
@@ -16,22 +15,7 @@ beforeAll(async () => {
 });
 afterAll(async () => h?.close());
 
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 const ADMIN = { 'x-admin-api-key': ADMIN_KEY };
-
-function expectError(res: LightMyRequestResponse, status: number, code: string): any {
-  expect(res.statusCode, res.body).toBe(status);
-  const b = json(res);
-  expect(b.error).toBe(code);
-  expect(typeof b.message).toBe('string');
-  expect(typeof b.request_id).toBe('string');
-  expect(b.trace_id).toBe(res.headers['x-cycles-trace-id']);
-  return b;
-}
-
-async function ledger(t: TestTenant): Promise<Record<string, any>> {
-  return (await t.ledger()) as Record<string, any>;
-}
 
 async function close(t: TestTenant) {
   const r = await h.admin.inject({ method: 'PATCH', url: `/v1/admin/tenants/${t.id}`, headers: ADMIN, payload: { status: 'CLOSED' } });
@@ -44,8 +28,7 @@ function eventBody(t: TestTenant, amount: number, key = idem('ev')) {
     idempotency_key: key,
     subject: { tenant: t.id, workspace: 'prod' },
     action: { kind: 'llm.completion', name: 'm' },
-    actual: { unit: USD, amount },
-  };
+    actual: { unit: USD, amount } };
 }
 
 function decideBody(t: TestTenant, amount: number, key = idem('dec')) {
@@ -53,8 +36,7 @@ function decideBody(t: TestTenant, amount: number, key = idem('dec')) {
     idempotency_key: key,
     subject: { tenant: t.id, workspace: 'prod' },
     action: { kind: 'llm.completion', name: 'm' },
-    estimate: { unit: USD, amount },
-  };
+    estimate: { unit: USD, amount } };
 }
 
 describe('closed tenant', () => {
@@ -109,8 +91,7 @@ describe('closed tenant', () => {
       decision: 'DENY',
       reason_code: 'TENANT_CLOSED',
       scope_path: t.scope('workspace:prod'),
-      affected_scopes: [t.scope(), t.scope('workspace:prod')],
-    });
+      affected_scopes: [t.scope(), t.scope('workspace:prod')] });
     const dec = await t.post('/v1/decide', decideBody(t, 10));
     expect(dec.statusCode, dec.body).toBe(200);
     expect(json(dec)).toEqual({ decision: 'DENY', reason_code: 'TENANT_CLOSED', affected_scopes: [t.scope(), t.scope('workspace:prod')] });
