@@ -195,6 +195,7 @@ async function startServices(which: string, config: Config): Promise<void> {
   const redisUrl = await resolveRedis(config, (m) => logger.info(m));
   logger.info({ redis: redactRedisUrl(redisUrl) }, 'connecting to Redis');
   if (!config.adminApiKey) logger.warn('ADMIN_API_KEY is not set: admin endpoints will answer 500 until it is configured');
+  if (!config.webhookSecretEncryptionKey && (which === 'all' || which === 'admin')) logger.warn('WEBHOOK_SECRET_ENCRYPTION_KEY is not set: webhook signing secrets are encrypted with a key derived from ADMIN_API_KEY (rotating the admin key makes stored secrets unreadable)');
   const system = await createSystem({
     ...config,
     redisUrl,

@@ -19,6 +19,8 @@ export interface Config {
   logLevel: string;
   dataDir: string;
   workers: number;
+  /** AES-256-GCM key for webhook signing secrets at rest (base64 of 32 bytes); unset = derived from ADMIN_API_KEY. */
+  webhookSecretEncryptionKey: string | undefined;
 }
 
 type Env = Record<string, string | undefined>;
@@ -46,6 +48,10 @@ export function loadConfig(env: Env = process.env): Config {
     throw new Error(`LOG_LEVEL must be one of fatal, error, warn, info, debug, trace, silent; got '${logLevel}'`);
   }
   const keyPrefix = str(env, 'CYCLES_KEY_PREFIX', 'cycles');
+  const webhookKey = env.WEBHOOK_SECRET_ENCRYPTION_KEY || undefined;
+  if (webhookKey !== undefined && Buffer.from(webhookKey, 'base64').length !== 32) {
+    throw new Error('WEBHOOK_SECRET_ENCRYPTION_KEY must be the base64 encoding of 32 bytes (e.g. `openssl rand -base64 32`)');
+  }
   if (!/^[A-Za-z0-9_.-]{1,32}$/.test(keyPrefix)) throw new Error('CYCLES_KEY_PREFIX must match [A-Za-z0-9_.-]{1,32}');
   return {
     redisUrl: env.REDIS_URL || undefined,
@@ -63,5 +69,6 @@ export function loadConfig(env: Env = process.env): Config {
     logLevel,
     dataDir: str(env, 'CYCLES_DATA_DIR', '.cycles'),
     workers: int(env, 'CYCLES_WORKERS', 1, 1, 64),
+    webhookSecretEncryptionKey: webhookKey,
   };
 }

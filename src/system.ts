@@ -1,3 +1,5 @@
+import { randomBytes } from 'node:crypto';
+import { deriveSecretKey } from './domain/webhooks.js';
 import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import { buildAdminApp } from './api/admin-app.js';
@@ -28,6 +30,8 @@ export interface SystemOptions {
   reservationRetentionMs: number;
   expiryIntervalMs: number;
   expiryBatchSize: number;
+  /** Base64 of the 32-byte webhook secret key; unset = HKDF of the admin key (ADR 0013). */
+  webhookSecretEncryptionKey?: string | undefined;
   /** Where /actuator/prometheus gets its text; defaults to this process's registry. */
   metricsSource?: () => Promise<{ text: string; contentType: string }>;
 }
@@ -62,6 +66,17 @@ function scriptOutcomeLabel(first: string): string {
 /** Bound on a health probe's PING, so a hung Redis reports DOWN instead of hanging the probe. */
 const PING_TIMEOUT_MS = 1000;
 
+/**
+ * The key that encrypts webhook signing secrets at rest. Without WEBHOOK_SECRET_ENCRYPTION_KEY it
+ * is derived from the admin key (so every process of a deployment agrees; the CLI warns); with
+ * neither, a per-process random key (the admin plane cannot be used without the admin key anyway).
+ */
+function webhookKey(opts: SystemOptions): Buffer {
+  if (opts.webhookSecretEncryptionKey) return Buffer.from(opts.webhookSecretEncryptionKey, 'base64');
+  if (opts.adminApiKey) return deriveSecretKey(opts.adminApiKey);
+  return randomBytes(32);
+}
+
 export async function createSystem(opts: SystemOptions): Promise<System> {
   const redis = createRedis(opts.redisUrl, 'cycles', opts.logger);
   const subscriber = createRedis(opts.redisUrl, 'cycles-sub', opts.logger);
@@ -78,6 +93,7 @@ export async function createSystem(opts: SystemOptions): Promise<System> {
   // After a reconnect, invalidations may have been missed: start from an empty cache.
   subscriber.on('ready', () => authenticator.invalidate('*'));
 
+  const webhookSecretKey = webhookKey(opts);
   const audit = new AuditLog(adminStore, undefined, (err) => opts.logger.warn({ err }, 'audit write failed'));
   const runtime = new RuntimeService(runtimeStore, { decision: (operation, decision) => metrics.decisions.inc({ operation, decision }) });
   const listing = new ListingService(runtimeStore);
@@ -128,6 +144,7 @@ export async function createSystem(opts: SystemOptions): Promise<System> {
         audit,
         stores: { admin: adminStore, runtime: runtimeStore },
         pingRedis,
+        webhookSecretKey,
       }),
     buildEventsApp: async () => {
       const app = createBaseApp({ plane: 'events', logger: opts.logger, bodyLimitBytes: opts.bodyLimitBytes, metrics });

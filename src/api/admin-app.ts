@@ -10,6 +10,8 @@ import { governanceHooks } from './plugins/governance.js';
 import { adminRoutes } from './routes/admin.js';
 import { adminListingRoutes } from './routes/admin-listings.js';
 import { adminPolicyRoutes } from './routes/admin-policies.js';
+import { adminBulkRoutes } from './routes/admin-bulk.js';
+import { adminWebhookRoutes } from './routes/admin-webhooks.js';
 import type { AdminStore } from '../store/admin-store.js';
 import type { RuntimeStore } from '../store/runtime-store.js';
 import { healthRoutes } from './routes/health.js';
@@ -21,6 +23,8 @@ export interface AdminDeps {
   /** Stores, for route plugins that build their own domain service at registration. */
   stores: { admin: AdminStore; runtime: RuntimeStore };
   authenticator: Authenticator;
+  /** AES-256-GCM key for webhook signing secrets at rest. */
+  webhookSecretKey: Buffer;
 }
 
 export interface AdminAppOptions {
@@ -33,6 +37,7 @@ export interface AdminAppOptions {
   audit: AuditLog;
   stores: { admin: AdminStore; runtime: RuntimeStore };
   pingRedis: () => Promise<boolean>;
+  webhookSecretKey: Buffer;
 }
 
 /** The governance plane (:7979). Never listens; the CLI or a test does. */
@@ -41,10 +46,12 @@ export async function buildAdminApp(opts: AdminAppOptions): Promise<FastifyInsta
   // Inbound X-Request-Id and one audit row per failed request: governance plane only.
   governanceHooks(app, opts.audit);
   const hooks = authHooks(opts.authenticator, 'FORBIDDEN');
-  const deps: AdminDeps = { admin: opts.admin, audit: opts.audit, hooks, stores: opts.stores, authenticator: opts.authenticator };
+  const deps: AdminDeps = { admin: opts.admin, audit: opts.audit, hooks, stores: opts.stores, authenticator: opts.authenticator, webhookSecretKey: opts.webhookSecretKey };
   await app.register(async (scope) => adminRoutes(scope, deps));
   await app.register(async (scope) => adminListingRoutes(scope, deps));
   await app.register(async (scope) => adminPolicyRoutes(scope, deps));
+  await app.register(async (scope) => adminBulkRoutes(scope, deps));
+  await app.register(async (scope) => adminWebhookRoutes(scope, deps));
   await app.register(async (scope) =>
     healthRoutes(scope, { pingRedis: opts.pingRedis, metricsSource: opts.metricsSource, metricsAuth: hooks.admin() }));
   return app;

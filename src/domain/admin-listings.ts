@@ -260,16 +260,44 @@ export class AdminListingService {
 
   // ------------------------------------------------------------------ tenants
 
-  async listTenants(q: TenantListQuery): Promise<Record<string, unknown>> {
-    const limit = clampLimit(q.limit);
+  /** The tenant filters of a listing (or a bulk action) as one predicate; validates `search`. */
+  tenantMatcher(q: Pick<TenantListQuery, 'status' | 'parent_tenant_id' | 'search'>): {
+    matches: (rec: RecordFields) => boolean; status?: string; parent?: string; search?: string;
+  } {
     const search = searchText(q.search);
-    const sort = sortSpec(TENANT_SORTS, q.sort_by, q.sort_dir, 'created_at');
     const status = q.status === '' ? undefined : q.status;
     const parent = q.parent_tenant_id === '' ? undefined : q.parent_tenant_id;
     const matches = (rec: RecordFields): boolean =>
       (status === undefined || rec.status === status) &&
       (parent === undefined || rec.parent_tenant_id === parent) &&
       (search === undefined || contains(rec.tenant_id, search) || contains(rec.name, search));
+    return { matches, status, parent, search };
+  }
+
+  /**
+   * Every tenant record the filters match, in registry (created_at) order, holding at most
+   * `keep` of them and counting all (bulk actions, admin digest §2.11).
+   */
+  async matchTenants(q: Pick<TenantListQuery, 'status' | 'parent_tenant_id' | 'search'>, keep: number): Promise<{ rows: RecordFields[]; total: number }> {
+    const { matches } = this.tenantMatcher(q);
+    const all = await this.allTenantIds('narrow the filter');
+    const rows: RecordFields[] = [];
+    let total = 0;
+    for (let i = 0; i < all.length; i += HYDRATE_WINDOW) {
+      const recs = await this.store.getTenants(all.slice(i, i + HYDRATE_WINDOW));
+      for (const rec of recs) {
+        if (!rec || !matches(rec)) continue;
+        total += 1;
+        if (rows.length < keep) rows.push(rec);
+      }
+    }
+    return { rows, total };
+  }
+
+  async listTenants(q: TenantListQuery): Promise<Record<string, unknown>> {
+    const limit = clampLimit(q.limit);
+    const { matches, status, parent, search } = this.tenantMatcher(q);
+    const sort = sortSpec(TENANT_SORTS, q.sort_by, q.sort_dir, 'created_at');
     const bound = binding({ l: 'tenants', sort, status: status ?? null, parent: parent ?? null, search: search ?? null });
 
     if (sort.by === 'created_at') return this.tenantsByCreation(sort.dir, limit, q.cursor, bound, matches);
@@ -341,8 +369,43 @@ export class AdminListingService {
 
   async listBudgets(auth: AuthContext, q: BudgetListQuery): Promise<Record<string, unknown>> {
     const limit = clampLimit(q.limit);
+    let sort: { by: string; dir: SortDir } = { by: 'utilization', dir: 'desc' };
+    const scan = this.budgetScan(auth, q, () => {
+      sort = sortSpec(BUDGET_SORTS, q.sort_by, q.sort_dir, 'utilization');
+    });
+    const bound = binding({ l: 'budgets', sort, ...scan.fields });
+    const after = sortedPosition(q.cursor, bound, NUMERIC_SORTS.has(sort.by));
+    const set = new MatchSet();
+    await scan.run((tenantId, member, rec) => set.add({ key: [budgetSortValue(sort.by, rec), `${tenantId}|${member}`], rec }));
+    set.check();
+    return sortedPage('ledgers', set.rows, sort.dir, after, limit, bound, ledgerView);
+  }
+
+  /**
+   * Every ledger the filters match, in (tenant, scope, unit) order, holding at most `keep` of
+   * them and counting all (bulk actions, admin digest §2.11).
+   */
+  async matchBudgets(auth: AuthContext, q: BudgetListQuery, keep: number): Promise<{ rows: RecordFields[]; total: number }> {
+    const scan = this.budgetScan(auth, q, () => {});
+    const rows: RecordFields[] = [];
+    let total = 0;
+    await scan.run((_tenantId, _member, rec) => {
+      total += 1;
+      if (rows.length < keep) rows.push(rec);
+    });
+    return { rows, total };
+  }
+
+  /**
+   * Validates the budget filters (in the listing's order; `afterSearch` runs where the listing
+   * checks its sort) and returns them with a bounded scan that visits every matching ledger.
+   */
+  private budgetScan(auth: AuthContext, q: BudgetListQuery, afterSearch: () => void): {
+    fields: Record<string, unknown>;
+    run: (visit: (tenantId: string, member: string, rec: RecordFields) => void) => Promise<void>;
+  } {
     const search = searchText(q.search);
-    const sort = sortSpec(BUDGET_SORTS, q.sort_by, q.sort_dir, 'utilization');
+    afterSearch();
     const prefix = q.scope_prefix === undefined || q.scope_prefix === '' ? undefined : q.scope_prefix.toLowerCase();
     checkScopePrefix(auth, prefix);
     const { utilization_min: uMin, utilization_max: uMax } = q;
@@ -355,23 +418,10 @@ export class AdminListingService {
     const tenantParam = auth.kind === 'tenant' ? auth.tenantId : q.tenant_id === '' ? undefined : q.tenant_id;
     const status = q.status === '' ? undefined : q.status;
     const unit = q.unit === '' ? undefined : q.unit;
-    const bound = binding({
-      l: 'budgets', sort, tenant: tenantParam ?? null, prefix: prefix ?? null, unit: unit ?? null, status: status ?? null,
+    const fields = {
+      tenant: tenantParam ?? null, prefix: prefix ?? null, unit: unit ?? null, status: status ?? null,
       over: q.over_limit ?? null, debt: q.has_debt ?? null, uMin: uMin ?? null, uMax: uMax ?? null, search: search ?? null,
-    });
-    const after = sortedPosition(q.cursor, bound, NUMERIC_SORTS.has(sort.by));
-
-    // A prefix naming a whole tenant segment selects that tenant without reading the registry.
-    const rooted = prefix === undefined ? undefined : /^tenant:([^/]+)\//.exec(prefix)?.[1];
-    let tenants: string[];
-    if (tenantParam !== undefined) tenants = rooted !== undefined && rooted !== tenantParam ? [] : [tenantParam];
-    else tenants = rooted !== undefined ? [rooted] : await this.allTenantIds('narrow the query with tenant_id');
-
-    const counts = await this.store.budgetCounts(tenants, prefix);
-    const total = counts.reduce((a, b) => a + b, 0);
-    if (total > SORT_CANDIDATE_CAP) {
-      throw limitExceeded(`More than ${SORT_CANDIDATE_CAP} budgets to examine; narrow the query with tenant_id or scope_prefix`, { total_candidates: total });
-    }
+    };
 
     // Filters the index member can answer run before the ledger is read.
     const memberMatches = (tenantId: string, member: string): boolean => {
@@ -391,28 +441,39 @@ export class AdminListingService {
       return true;
     };
 
-    const set = new MatchSet();
-    for (const [i, tenantId] of tenants.entries()) {
-      if (counts[i] === 0) continue;
-      let afterMember: string | undefined;
-      // Bounded by the candidate count checked above (plus what arrived since).
-      for (let read = 0; read <= SORT_CANDIDATE_CAP; ) {
-        const members = await this.store.budgetMembers(tenantId, afterMember, prefix, HYDRATE_WINDOW);
-        if (members.length === 0) break;
-        read += members.length;
-        afterMember = members[members.length - 1];
-        const wanted = members.filter((m) => memberMatches(tenantId, m));
-        const recs = await this.store.getBudgets(tenantId, wanted);
-        recs.forEach((rec, j) => {
-          if (!rec || !ledgerMatches(rec)) return;
-          set.add({ key: [budgetSortValue(sort.by, rec), `${tenantId}|${wanted[j]!}`], rec });
-        });
-        if (members.length < HYDRATE_WINDOW) break;
+    const run = async (visit: (tenantId: string, member: string, rec: RecordFields) => void): Promise<void> => {
+      // A prefix naming a whole tenant segment selects that tenant without reading the registry.
+      const rooted = prefix === undefined ? undefined : /^tenant:([^/]+)\//.exec(prefix)?.[1];
+      let tenants: string[];
+      if (tenantParam !== undefined) tenants = rooted !== undefined && rooted !== tenantParam ? [] : [tenantParam];
+      else tenants = rooted !== undefined ? [rooted] : await this.allTenantIds('narrow the query with tenant_id');
+
+      const counts = await this.store.budgetCounts(tenants, prefix);
+      const total = counts.reduce((a, b) => a + b, 0);
+      if (total > SORT_CANDIDATE_CAP) {
+        throw limitExceeded(`More than ${SORT_CANDIDATE_CAP} budgets to examine; narrow the query with tenant_id or scope_prefix`, { total_candidates: total });
       }
-    }
-    set.check();
-    return sortedPage('ledgers', set.rows, sort.dir, after, limit, bound, ledgerView);
+      for (const [i, tenantId] of tenants.entries()) {
+        if (counts[i] === 0) continue;
+        let afterMember: string | undefined;
+        // Bounded by the candidate count checked above (plus what arrived since).
+        for (let read = 0; read <= SORT_CANDIDATE_CAP; ) {
+          const members = await this.store.budgetMembers(tenantId, afterMember, prefix, HYDRATE_WINDOW);
+          if (members.length === 0) break;
+          read += members.length;
+          afterMember = members[members.length - 1];
+          const wanted = members.filter((m) => memberMatches(tenantId, m));
+          const recs = await this.store.getBudgets(tenantId, wanted);
+          recs.forEach((rec, j) => {
+            if (rec && ledgerMatches(rec)) visit(tenantId, wanted[j]!, rec);
+          });
+          if (members.length < HYDRATE_WINDOW) break;
+        }
+      }
+    };
+    return { fields, run };
   }
+
 
   // ------------------------------------------------------------------ admin-plane balances
 

@@ -43,7 +43,10 @@ function isoFromStored(v: string | undefined): string | undefined {
 }
 
 function emitCtx(auth: AuthContext, corr: Correlation): EmitContext {
-  return { eventIdBase: newEventIdBase(), requestId: corr.requestId, traceId: corr.traceId, actorJson: actorJson(auth) };
+  return {
+    eventIdBase: newEventIdBase(), requestId: corr.requestId, traceId: corr.traceId, actorJson: actorJson(auth),
+    ...(corr.correlationId ? { correlationId: corr.correlationId } : {}),
+  };
 }
 
 export function tenantView(rec: RecordFields): Record<string, unknown> {

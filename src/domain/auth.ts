@@ -7,6 +7,8 @@ export type AuthContext =
 export interface Correlation {
   requestId: string;
   traceId: string;
+  /** Groups the events of one logical action (e.g. a bulk action); stamped on each event. */
+  correlationId?: string;
 }
 
 export function actorJson(auth: AuthContext, sourceIp?: string): string {

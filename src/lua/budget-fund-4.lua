@@ -11,6 +11,7 @@
     ARGV[5]  idempotency key or ''   ARGV[6] idempotency TTL ms   ARGV[7] updated_at (ms)
     ARGV[8]  event id base   ARGV[9] request id   ARGV[10] trace id   ARGV[11] actor JSON
     ARGV[12] tenant id       ARGV[13] scope       ARGV[14] unit       ARGV[15] reason or ''
+    ARGV[16] correlation id or '' (stamped on the events)
 
   Output:
     {'OK'|'REPLAY', prev_allocated, allocated, prev_remaining, remaining, prev_debt, debt,
@@ -78,7 +79,7 @@ end
 local types = { CREDIT = 'budget.funded', DEBIT = 'budget.debited', RESET = 'budget.reset',
   RESET_SPENT = 'budget.reset_spent', REPAY_DEBT = 'budget.debt_repaid' }
 local ctx = { now = now_ms(), event_base = ARGV[8], request_id = ARGV[9], trace_id = ARGV[10],
-  actor = ARGV[11], tenant = ARGV[12], source = 'cycles-admin' }
+  actor = ARGV[11], tenant = ARGV[12], source = 'cycles-admin', correlation_id = ARGV[16] }
 emit(KEYS[4], ctx, types[op], 'budget', ARGV[13], jobj({
   'scope', js(ARGV[13]), 'unit', js(ARGV[14]), 'operation', js(op),
   'previous_allocated', fmt(l.allocated), 'new_allocated', fmt(a),

@@ -7,7 +7,8 @@
     ARGV[1]  new status or ''        ARGV[2] now, ISO-8601 (updated_at and transition stamps)
     ARGV[3]  event id base   ARGV[4] request id   ARGV[5] trace id   ARGV[6] actor JSON
     ARGV[7]  tenant id       ARGV[8] fields to delete (comma list, '' for none)
-    ARGV[9..] field, value pairs to set
+    ARGV[9]  correlation id or '' (stamped on the event)
+    ARGV[10..] field, value pairs to set
 
   Output: {'OK', previous_status} | {'TENANT_NOT_FOUND'} | {'INVALID_REQUEST', message}
 ]]
@@ -21,7 +22,7 @@ if target ~= '' and previous == 'CLOSED' and target ~= 'CLOSED' then
 end
 
 local fields = {'updated_at', ARGV[2]}
-for i = 9, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 10, #ARGV do fields[#fields + 1] = ARGV[i] end
 if target ~= '' then
   fields[#fields + 1] = 'status'
   fields[#fields + 1] = target
@@ -40,7 +41,7 @@ if ARGV[8] ~= '' then
 end
 
 local ctx = { now = now_ms(), event_base = ARGV[3], request_id = ARGV[4], trace_id = ARGV[5],
-  actor = ARGV[6], tenant = ARGV[7], source = 'cycles-admin' }
+  actor = ARGV[6], tenant = ARGV[7], source = 'cycles-admin', correlation_id = ARGV[9] }
 local event_type = 'tenant.updated'
 if target == 'SUSPENDED' then event_type = 'tenant.suspended'
 elseif target == 'ACTIVE' then event_type = 'tenant.reactivated'

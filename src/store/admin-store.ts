@@ -7,6 +7,8 @@ export interface EmitContext {
   requestId: string;
   traceId: string;
   actorJson: string;
+  /** Stamped on the event as correlation_id when set. */
+  correlationId?: string;
 }
 
 export type RecordFields = Record<string, string>;
@@ -60,7 +62,7 @@ export class AdminStore {
     const reply = await this.scripts.run(
       'tenant-update',
       [this.keys.tenant(tenantId), this.keys.outbox(tenantId)],
-      [status ?? '', nowIso, e.eventIdBase, e.requestId, e.traceId, e.actorJson, tenantId, unset.join(','), ...pairs(set)],
+      [status ?? '', nowIso, e.eventIdBase, e.requestId, e.traceId, e.actorJson, tenantId, unset.join(','), e.correlationId ?? '', ...pairs(set)],
     );
     return { result: String(reply[0]), detail: reply[1] === undefined ? '' : String(reply[1]) };
   }
@@ -141,7 +143,7 @@ export class AdminStore {
         args.operation, String(args.amount), args.spentOverride === undefined ? '' : String(args.spentOverride),
         args.payloadHash, args.idempotencyKey ?? '', String(86_400_000), String(args.nowMs),
         args.emit.eventIdBase, args.emit.requestId, args.emit.traceId, args.emit.actorJson, t, args.scope, args.unit,
-        args.reason ?? '',
+        args.reason ?? '', args.emit.correlationId ?? '',
       ],
     );
     return reply.map((v) => String(v));

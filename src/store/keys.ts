@@ -112,4 +112,38 @@ export class Keys {
   policyNames(tenantId: string): string {
     return `${this.tenantPrefix(tenantId)}polnames`;
   }
+
+  // --- webhooks (admin plane) ---
+  // A subscription lives in its owner's slot (`__system__` for platform-owned ones), and its id
+  // carries the owner (`whsub_<owner>_<16 hex>`, as policy ids do, ADR 0011):
+  //   P:{t}:wh:<subscription_id>     hash    subscription record (signing secret AES-256-GCM encrypted)
+  //   P:{t}:whs                      zset    subscription ids of the owner, score 0 (id order)
+  //   P:webhooks                     zset    every subscription id, score 0 (cross-owner admin listing)
+  //   P:config:webhook-security      string  WebhookSecurityConfig JSON (absent = defaults)
+
+  webhook(ownerId: string, subscriptionId: string): string {
+    return `${this.tenantPrefix(ownerId)}wh:${subscriptionId}`;
+  }
+
+  webhookIndex(ownerId: string): string {
+    return `${this.tenantPrefix(ownerId)}whs`;
+  }
+
+  webhookRegistry(): string {
+    return `${this.prefix}:webhooks`;
+  }
+
+  webhookSecurityConfig(): string {
+    return `${this.prefix}:config:webhook-security`;
+  }
+
+  // --- bulk actions (admin plane) ---
+  //   P:bulk:<endpoint>:<key>   string  idempotency claim, then the stored response (JSON),
+  //                                     15-minute TTL; endpoint = tenants-bulk | budgets-bulk
+  // Cross-tenant (a tenant bulk action spans tenants), so it carries no tenant hash tag; every
+  // command touches this one key alone.
+
+  bulkIdempotency(endpoint: string, key: string): string {
+    return `${this.prefix}:bulk:${endpoint}:${key}`;
+  }
 }

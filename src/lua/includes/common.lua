@@ -22,10 +22,12 @@ local function js(s)
   return cjson.encode(s)
 end
 
--- A JSON object from alternating key, raw-JSON-value arguments (values already encoded).
+-- A JSON object from alternating key, raw-JSON-value arguments (values already encoded). A nil
+-- value leaves its key out. Callers build `parts` with nils in it, and the length operator is
+-- undefined on a table with holes, so the bound is table.maxn (the largest index actually set).
 local function jobj(parts)
   local out = {}
-  for i = 1, #parts, 2 do
+  for i = 1, table.maxn(parts), 2 do
     if parts[i + 1] ~= nil then
       out[#out + 1] = js(parts[i]) .. ':' .. parts[i + 1]
     end
@@ -90,6 +92,7 @@ local function emit(outbox, ctx, event_type, category, scope, data_json)
     'actor', ctx.actor,
     'source', js(ctx.source or 'cycles-runtime'),
     'data', data_json,
+    'correlation_id', (ctx.correlation_id and ctx.correlation_id ~= '') and js(ctx.correlation_id) or nil,
     'request_id', ctx.request_id ~= '' and js(ctx.request_id) or nil,
     'trace_id', ctx.trace_id ~= '' and js(ctx.trace_id) or nil,
   }
