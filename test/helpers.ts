@@ -86,6 +86,42 @@ export class TestTenant {
     };
   }
 
+  /** A direct-debit body (POST /v1/events); `over` may replace any field, `ws`/`unit` as for reserveBody. */
+  eventBody(amount: number, over: Record<string, unknown> = {}) {
+    const { ws, unit, ...rest } = over as { ws?: string; unit?: string };
+    return {
+      idempotency_key: idem('ev'),
+      subject: { tenant: this.id, workspace: ws ?? 'prod' },
+      action: { kind: 'llm.completion', name: 'm' },
+      actual: { unit: unit ?? USD, amount },
+      ...rest,
+    };
+  }
+
+  /** A decide body (POST /v1/decide); `over` as for eventBody. */
+  decideBody(amount: number, over: Record<string, unknown> = {}) {
+    const { ws, unit, ...rest } = over as { ws?: string; unit?: string };
+    return {
+      idempotency_key: idem('dec'),
+      subject: { tenant: this.id, workspace: ws ?? 'prod' },
+      action: { kind: 'llm.completion', name: 'm' },
+      estimate: { unit: unit ?? USD, amount },
+      ...rest,
+    };
+  }
+
+  /** A funding operation on one scope with the admin key; it must succeed. */
+  async fund(rel: string, operation: string, amount: number): Promise<any> {
+    const res = await this.h.admin.inject({
+      method: 'POST',
+      url: `/v1/admin/budgets/fund?scope=${encodeURIComponent(this.scope(rel))}&unit=${USD}&tenant_id=${this.id}`,
+      headers: { 'x-admin-api-key': ADMIN_KEY },
+      payload: { operation, amount: { unit: USD, amount } },
+    });
+    expect(res.statusCode, res.body).toBe(200);
+    return json(res);
+  }
+
   post(url: string, payload: unknown, headers: Record<string, string> = {}) {
     return this.h.runtime.inject({ method: 'POST', url, headers: { 'x-cycles-api-key': this.key, ...headers }, payload: payload as object });
   }

@@ -27,46 +27,17 @@ async function freeze(t: TestTenant, rel: string) {
   expect(r.statusCode, r.body).toBe(200);
 }
 
-async function credit(t: TestTenant, rel: string, amount: number) {
-  const r = await h.admin.inject({
-    method: 'POST',
-    url: `/v1/admin/budgets/fund?${q(t, rel)}&tenant_id=${t.id}`,
-    headers: ADMIN,
-    payload: { operation: 'CREDIT', amount: { unit: USD, amount } } });
-  expect(r.statusCode, r.body).toBe(200);
-}
-
 /** Fixture-only ledger states (digest §9): a direct write to the real store. */
 async function fixture(t: TestTenant, rel: string, fields: Record<string, string>) {
   await h.system.redis.hset(h.system.keys.budget(t.id, t.scope(rel), USD), fields);
 }
 
-function eventBody(t: TestTenant, amount: number, over: Record<string, unknown> = {}) {
-  const { ws, unit, ...rest } = over as { ws?: string; unit?: string };
-  return {
-    idempotency_key: idem('ev'),
-    subject: { tenant: t.id, workspace: ws ?? 'prod' },
-    action: { kind: 'llm.completion', name: 'm' },
-    actual: { unit: unit ?? USD, amount },
-    ...rest };
-}
-
 function event(t: TestTenant, amount: number, over: Record<string, unknown> = {}) {
-  return t.post('/v1/events', eventBody(t, amount, over));
-}
-
-function decideBody(t: TestTenant, amount: number, over: Record<string, unknown> = {}) {
-  const { ws, unit, ...rest } = over as { ws?: string; unit?: string };
-  return {
-    idempotency_key: idem('dec'),
-    subject: { tenant: t.id, workspace: ws ?? 'prod' },
-    action: { kind: 'llm.completion', name: 'm' },
-    estimate: { unit: unit ?? USD, amount },
-    ...rest };
+  return t.post('/v1/events', t.eventBody(amount, over));
 }
 
 function decide(t: TestTenant, amount: number, over: Record<string, unknown> = {}) {
-  return t.post('/v1/decide', decideBody(t, amount, over));
+  return t.post('/v1/decide', t.decideBody(amount, over));
 }
 
 describe('events: direct debit', () => {
@@ -161,7 +132,7 @@ describe('events: direct debit', () => {
 
   it('ALLOW_WITH_OVERDRAFT mixed scopes: the zero-limit scope caps the amount; the limited scope takes the capped shortfall as debt', async () => {
     const t = await createTenant(h, { budgets: [['', 1_000_000], ['workspace:w', 100, { overdraft: 1000 }], ['workspace:w/app:a', 150]] });
-    const res = await t.post('/v1/events', eventBody(t, 400, { subject: { tenant: t.id, workspace: 'w', app: 'a' }, overage_policy: OD }));
+    const res = await t.post('/v1/events', t.eventBody(400, { subject: { tenant: t.id, workspace: 'w', app: 'a' }, overage_policy: OD }));
     expect(res.statusCode, res.body).toBe(201);
     expect(json(res).charged).toEqual({ unit: USD, amount: 150 });
     expect(await bal(t, 'workspace:w/app:a')).toEqual({ allocated: 150, remaining: 0, reserved: 0, spent: 150, debt: 0, over: true });
@@ -207,7 +178,7 @@ describe('events: direct debit', () => {
     await freeze(t, 'workspace:prod');
     const before = await ledger(t);
     expectError(await event(t, 10), 409, 'BUDGET_FROZEN');
-    expectError(await t.post('/v1/events', eventBody(t, 10, { subject: { tenant: 'other-tenant', workspace: 'prod' } })), 403, 'FORBIDDEN');
+    expectError(await t.post('/v1/events', t.eventBody(10, { subject: { tenant: 'other-tenant', workspace: 'prod' } })), 403, 'FORBIDDEN');
     expectError(await event(t, 10, { ws: 'dev', client_time_ms: -1 }), 400, 'INVALID_REQUEST');
     expectError(await event(t, 10, { ws: 'dev', dry_run: true }), 400, 'INVALID_REQUEST');
     expect(await ledger(t)).toEqual(before);
@@ -219,7 +190,7 @@ describe('events: direct debit', () => {
 
   it('replay returns the same event_id and charges once; different actual → IDEMPOTENCY_MISMATCH', async () => {
     const t = await createTenant(h);
-    const body = eventBody(t, 250);
+    const body = t.eventBody(250);
     const first = await t.post('/v1/events', body);
     expect(first.statusCode).toBe(201);
     const after = await ledger(t);
@@ -237,7 +208,7 @@ describe('decide', () => {
   it('ALLOW: affected_scopes in canonical order, no reservation, no ledger change', async () => {
     const t = await createTenant(h);
     const before = await ledger(t);
-    const body = decideBody(t, 100);
+    const body = t.decideBody(100);
     const res = await t.post('/v1/decide', body);
     expect(res.statusCode, res.body).toBe(200);
     expect(json(res)).toEqual({ decision: 'ALLOW', affected_scopes: [t.scope(), t.scope('workspace:prod')] });
@@ -286,8 +257,8 @@ describe('decide', () => {
     const tok = await createTenant(h, { budgets: [['', 1000, { unit: 'TOKENS' }]] });
     const before = await ledger(tok);
     expectError(await decide(tok, 1), 400, 'UNIT_MISMATCH');
-    expectError(await tok.post('/v1/decide', decideBody(tok, 1, { subject: { tenant: 'other-tenant' } })), 403, 'FORBIDDEN');
-    const noKey: Record<string, unknown> = decideBody(tok, 1, { unit: 'TOKENS' });
+    expectError(await tok.post('/v1/decide', tok.decideBody(1, { subject: { tenant: 'other-tenant' } })), 403, 'FORBIDDEN');
+    const noKey: Record<string, unknown> = tok.decideBody(1, { unit: 'TOKENS' });
     delete noKey.idempotency_key;
     expectError(await tok.post('/v1/decide', noKey), 400, 'INVALID_REQUEST');
     expectError(await decide(tok, 1, { unit: 'TOKENS', dry_run: true }), 400, 'INVALID_REQUEST');
@@ -299,14 +270,14 @@ describe('decide', () => {
 
   it('replay returns the original body after the budget changed; different estimate → IDEMPOTENCY_MISMATCH', async () => {
     const t = await createTenant(h);
-    const deny = decideBody(t, 150_000);
+    const deny = t.decideBody(150_000);
     const d1 = await t.post('/v1/decide', deny);
     expect(json(d1)).toEqual({ decision: 'DENY', reason_code: 'BUDGET_EXCEEDED', affected_scopes: [t.scope(), t.scope('workspace:prod')] });
-    const allow = decideBody(t, 10);
+    const allow = t.decideBody(10);
     const a1 = await t.post('/v1/decide', allow);
     expect(json(a1).decision).toBe('ALLOW');
 
-    await credit(t, 'workspace:prod', 100_000);
+    await t.fund('workspace:prod', 'CREDIT', 100_000);
     await freeze(t, '');
     const before = await ledger(t);
     // Fresh evaluations see the new state...
@@ -325,7 +296,7 @@ describe('decide', () => {
   it('decide and reserve keep separate idempotency namespaces', async () => {
     const t = await createTenant(h);
     const k = idem('shared');
-    expect((await t.post('/v1/decide', decideBody(t, 100, { idempotency_key: k }))).statusCode).toBe(200);
+    expect((await t.post('/v1/decide', t.decideBody(100, { idempotency_key: k }))).statusCode).toBe(200);
     const res = await t.reserve(100, { idempotency_key: k });
     expect(res.statusCode, res.body).toBe(200);
     expect(typeof json(res).reservation_id).toBe('string');

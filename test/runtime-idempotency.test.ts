@@ -22,23 +22,6 @@ function withoutTtl(b: any) {
   return rest;
 }
 
-async function credit(t: TestTenant, rel: string, amount: number) {
-  const r = await h.admin.inject({
-    method: 'POST',
-    url: `/v1/admin/budgets/fund?scope=${encodeURIComponent(t.scope(rel))}&unit=${USD}&tenant_id=${t.id}`,
-    headers: { 'x-admin-api-key': ADMIN_KEY },
-    payload: { operation: 'CREDIT', amount: { unit: USD, amount } } });
-  expect(r.statusCode, r.body).toBe(200);
-}
-
-function eventBody(t: TestTenant, amount: number, key = idem('ev')) {
-  return {
-    idempotency_key: key,
-    subject: { tenant: t.id, workspace: 'prod' },
-    action: { kind: 'llm.completion', name: 'm' },
-    actual: { unit: USD, amount } };
-}
-
 describe('reserve idempotency', () => {
   it('replay returns the same reservation_id and expires_at_ms, recomputes remaining_ttl_ms, holds once', async () => {
     const t = await createTenant(h);
@@ -112,7 +95,7 @@ describe('reserve idempotency', () => {
     expectError(await t.post('/v1/reservations', body), 409, 'BUDGET_EXCEEDED');
     expectError(await t.post('/v1/reservations', body), 409, 'BUDGET_EXCEEDED');
     expect(await ledger(t)).toEqual(before);
-    await credit(t, 'workspace:prod', 100_000);
+    await t.fund('workspace:prod', 'CREDIT', 100_000);
     const ok = await t.post('/v1/reservations', body);
     expect(ok.statusCode, ok.body).toBe(200);
     expect(json(ok).decision).toBe('ALLOW');
@@ -286,7 +269,7 @@ describe('commit / release / extend idempotency', () => {
 describe('events idempotency', () => {
   it('replay returns the same event_id; concurrent identical events charge once; tenants are independent', async () => {
     const t = await createTenant(h);
-    const body = eventBody(t, 250);
+    const body = t.eventBody(250);
     const results = await Promise.all(Array.from({ length: 20 }, () => t.post('/v1/events', body)));
     for (const r of results) expect(r.statusCode, r.body).toBe(201);
     expect(new Set(results.map((r) => r.body)).size).toBe(1);
@@ -296,7 +279,7 @@ describe('events idempotency', () => {
     expect(await ledger(t)).toEqual(before);
 
     const other = await createTenant(h);
-    const ob = eventBody(other, 40, body.idempotency_key);
+    const ob = other.eventBody(40, { idempotency_key: body.idempotency_key });
     const o = await other.post('/v1/events', ob);
     expect(o.statusCode).toBe(201);
     expect(json(o).event_id).not.toBe(json(results[0]!).event_id);
@@ -308,7 +291,7 @@ describe('events idempotency', () => {
     const rid = await t.reserveOk(100);
     const k = idem('shared');
     expect((await t.commit(rid, 100, { idempotency_key: k })).statusCode).toBe(200);
-    const ev = await t.post('/v1/events', eventBody(t, 100, k));
+    const ev = await t.post('/v1/events', t.eventBody(100, { idempotency_key: k }));
     expect(ev.statusCode, ev.body).toBe(201);
     expect((await ledger(t))[prodKey(t)].spent).toBe(200);
   });

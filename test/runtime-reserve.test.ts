@@ -50,12 +50,6 @@ async function patchBudget(t: TestTenant, rel: string, body: object) {
   return json(r);
 }
 
-async function fund(t: TestTenant, rel: string, operation: string, amount: number) {
-  const r = await adminCall('POST', `/v1/admin/budgets/fund?${q(t, rel)}&tenant_id=${t.id}`, { operation, amount: { unit: USD, amount } });
-  expect(r.statusCode, r.body).toBe(200);
-  return json(r);
-}
-
 /** Fixture-only ledger states (digest §9 "Fixture-only states"): a direct write to the real store. */
 async function fixture(t: TestTenant, rel: string, fields: Record<string, string>) {
   await h.system.redis.hset(h.system.keys.budget(t.id, t.scope(rel), USD), fields);
@@ -268,7 +262,7 @@ describe('reserve: budget denials (live → 409, never 200 DENY)', () => {
     expect(await ledger(t)).toEqual(before);
 
     // Plenty of remaining, debt 50, limit 0, over-limit: still OVERDRAFT_LIMIT_EXCEEDED.
-    await fund(t, 'workspace:w', 'CREDIT', 1000);
+    await t.fund('workspace:w', 'CREDIT', 1000);
     expect(nums(await t.balance('workspace:w'))).toEqual({ allocated: 1100, remaining: 950, reserved: 0, spent: 100, debt: 50, over: true });
     before = await ledger(t);
     expectError(await t.reserve(1, { ws: 'w' }), 409, 'OVERDRAFT_LIMIT_EXCEEDED');
@@ -294,7 +288,7 @@ describe('reserve: budget denials (live → 409, never 200 DENY)', () => {
     const before = await ledger(t);
     expectError(await t.reserve(1, { ws: 'w' }), 409, 'BUDGET_EXCEEDED');
     expect(await ledger(t)).toEqual(before);
-    await fund(t, 'workspace:w', 'CREDIT', 100);
+    await t.fund('workspace:w', 'CREDIT', 100);
     const ok = await t.reserve(50, { ws: 'w' });
     expect(ok.statusCode, ok.body).toBe(200);
     expect(nums(await t.balance('workspace:w'))).toEqual({ allocated: 1100, remaining: 0, reserved: 50, spent: 1000, debt: 50, over: false });

@@ -23,22 +23,6 @@ async function close(t: TestTenant) {
   expect(json(r).status).toBe('CLOSED');
 }
 
-function eventBody(t: TestTenant, amount: number, key = idem('ev')) {
-  return {
-    idempotency_key: key,
-    subject: { tenant: t.id, workspace: 'prod' },
-    action: { kind: 'llm.completion', name: 'm' },
-    actual: { unit: USD, amount } };
-}
-
-function decideBody(t: TestTenant, amount: number, key = idem('dec')) {
-  return {
-    idempotency_key: key,
-    subject: { tenant: t.id, workspace: 'prod' },
-    action: { kind: 'llm.completion', name: 'm' },
-    estimate: { unit: USD, amount } };
-}
-
 describe('closed tenant', () => {
   it('fresh live mutations → 409 TENANT_CLOSED with no ledger change', async () => {
     const t = await createTenant(h);
@@ -51,7 +35,7 @@ describe('closed tenant', () => {
     expectError(await t.commit(active, 100), 409, 'TENANT_CLOSED');
     expectError(await t.release(active), 409, 'TENANT_CLOSED');
     expectError(await t.post(`/v1/reservations/${active}/extend`, { idempotency_key: idem('x'), extend_by_ms: 1000 }), 409, 'TENANT_CLOSED');
-    expectError(await t.post('/v1/events', eventBody(t, 10)), 409, 'TENANT_CLOSED');
+    expectError(await t.post('/v1/events', t.eventBody(10)), 409, 'TENANT_CLOSED');
     // Even a reserve that would be 409 BUDGET_EXCEEDED or 404 is reported as TENANT_CLOSED.
     expectError(await t.reserve(10_000_000), 409, 'TENANT_CLOSED');
     expect(await ledger(t)).toEqual(before);
@@ -92,7 +76,7 @@ describe('closed tenant', () => {
       reason_code: 'TENANT_CLOSED',
       scope_path: t.scope('workspace:prod'),
       affected_scopes: [t.scope(), t.scope('workspace:prod')] });
-    const dec = await t.post('/v1/decide', decideBody(t, 10));
+    const dec = await t.post('/v1/decide', t.decideBody(10));
     expect(dec.statusCode, dec.body).toBe(200);
     expect(json(dec)).toEqual({ decision: 'DENY', reason_code: 'TENANT_CLOSED', affected_scopes: [t.scope(), t.scope('workspace:prod')] });
     expect(await ledger(t)).toEqual(before);
@@ -112,11 +96,11 @@ describe('closed tenant', () => {
     const r1 = await t.post(`/v1/reservations/${releasedRid}/release`, releaseBody);
     const extendBody = { idempotency_key: idem('x'), extend_by_ms: 2000 };
     const x1 = await t.post(`/v1/reservations/${rid}/extend`, extendBody);
-    const ev = eventBody(t, 250);
+    const ev = t.eventBody(250);
     const e1 = await t.post('/v1/events', ev);
     const dryBody = t.reserveBody(50, { dry_run: true });
     const d1 = await t.post('/v1/reservations', dryBody);
-    const decBody = decideBody(t, 50);
+    const decBody = t.decideBody(50);
     const k1 = await t.post('/v1/decide', decBody);
     for (const r of [res1, c1, r1, x1, d1, k1]) expect(r.statusCode, r.body).toBe(200);
     expect(e1.statusCode).toBe(201);
