@@ -146,4 +146,51 @@ export class Keys {
   bulkIdempotency(endpoint: string, key: string): string {
     return `${this.prefix}:bulk:${endpoint}:${key}`;
   }
+
+  // --- events and deliveries (events service; ADR 0014) ---
+  // The relay turns outbox entries into stored events and delivery records:
+  //   P:event:<event_id>             string  Event JSON (wire shape), TTL EVENT_TTL_DAYS; no hash tag,
+  //                                          so events spread over the Cluster and a by-id GET needs
+  //                                          no tenant
+  //   P:{t}:events                   zset    event ids of tenant t (or __system__), score timestamp ms
+  //   P:events:_all                  zset    every event id, score timestamp ms (cross-tenant listing)
+  //   P:events:corr:<correlation_id> set     event ids sharing a correlation id, TTL EVENT_TTL_DAYS
+  // A delivery lives in its subscription owner's slot, next to the subscription, so one script
+  // updates the delivery and the subscription's failure counters together:
+  //   P:{o}:dl:<delivery_id>         hash    WebhookDelivery fields (+ owner, tenant_id, attempted_at_ms)
+  //   P:{o}:whd:<subscription_id>    zset    delivery ids of one subscription, score attempted_at ms
+  //   P:{o}:replay:<subscription_id> string  replay lock (one replay at a time per subscription)
+  //   P:outbox-notify                channel tenant ids whose outbox just received an entry
+
+  event(eventId: string): string {
+    return `${this.prefix}:event:${eventId}`;
+  }
+
+  tenantEvents(tenantId: string): string {
+    return `${this.tenantPrefix(tenantId)}events`;
+  }
+
+  allEvents(): string {
+    return `${this.prefix}:events:_all`;
+  }
+
+  eventCorrelation(correlationId: string): string {
+    return `${this.prefix}:events:corr:${correlationId}`;
+  }
+
+  delivery(ownerId: string, deliveryId: string): string {
+    return `${this.tenantPrefix(ownerId)}dl:${deliveryId}`;
+  }
+
+  subscriptionDeliveries(ownerId: string, subscriptionId: string): string {
+    return `${this.tenantPrefix(ownerId)}whd:${subscriptionId}`;
+  }
+
+  replayLock(ownerId: string, subscriptionId: string): string {
+    return `${this.tenantPrefix(ownerId)}replay:${subscriptionId}`;
+  }
+
+  outboxNotifyChannel(): string {
+    return `${this.prefix}:outbox-notify`;
+  }
 }
