@@ -7,6 +7,7 @@ import type { RuntimeService } from '../domain/runtime.js';
 import type { Metrics } from '../observability/metrics.js';
 import { createBaseApp } from './base.js';
 import { authHooks, type AuthHooks } from './plugins/auth.js';
+import { apiDocs, DEFAULT_DOCS, type DocsSettings } from './plugins/docs.js';
 import { healthRoutes } from './routes/health.js';
 import { reservationRoutes } from './routes/reservations.js';
 import { runtimeMiscRoutes } from './routes/runtime-misc.js';
@@ -28,6 +29,8 @@ export interface RuntimeAppOptions {
   listing: ListingService;
   audit: AuditLog;
   pingRedis: () => Promise<boolean>;
+  /** /openapi.json and /docs (SWAGGER_ENABLED, CYCLES_DOCS_PUBLIC); default on, behind the admin key. */
+  docs?: DocsSettings;
 }
 
 /** The runtime plane (:7878). Never listens; the CLI or a test does. */
@@ -41,6 +44,12 @@ export async function buildRuntimeApp(opts: RuntimeAppOptions): Promise<FastifyI
     rateLimitSentinels: true,
   });
   const hooks = authHooks(opts.authenticator, 'UNAUTHORIZED');
+  // Before any route: the document generator collects routes as they are registered.
+  await apiDocs(app, hooks, {
+    ...(opts.docs ?? DEFAULT_DOCS),
+    title: 'Cycles runtime API',
+    description: 'Reserve, commit, release, extend, decide, events, balances and reservations (port 7878).',
+  });
   const deps: RuntimeDeps = { runtime: opts.runtime, listing: opts.listing, audit: opts.audit, hooks };
   await app.register(async (scope) => reservationRoutes(scope, deps));
   await app.register(async (scope) => runtimeMiscRoutes(scope, deps));

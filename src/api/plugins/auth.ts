@@ -11,6 +11,29 @@ export interface AuthHooks {
   tenant(permission: string | string[]): (request: FastifyRequest) => Promise<void>;
   tenantOrAdmin(permission: string | string[]): (request: FastifyRequest) => Promise<void>;
   admin(): (request: FastifyRequest) => Promise<void>;
+  /**
+   * The admin-key check against a key read some other way than X-Admin-API-Key, e.g. the
+   * password of HTTP Basic credentials on the documentation pages (a browser cannot add headers).
+   */
+  adminFrom(presented: (request: FastifyRequest) => string | undefined): (request: FastifyRequest) => Promise<void>;
+}
+
+/** Which credentials a hook accepts; the OpenAPI document states it as the route's `security`. */
+export type AuthKind = 'tenant' | 'tenantOrAdmin' | 'admin';
+const AUTH_KIND = Symbol('cyclesAuthKind');
+type TaggedHook = ((request: FastifyRequest) => Promise<void>) & { [AUTH_KIND]?: AuthKind };
+
+function tag(kind: AuthKind, hook: (request: FastifyRequest) => Promise<void>): TaggedHook {
+  return Object.assign(hook, { [AUTH_KIND]: kind });
+}
+
+/** The credentials a route's hooks accept, or undefined when none of them is an auth hook. */
+export function authKindOf(hooks: unknown): AuthKind | undefined {
+  for (const hook of ([] as unknown[]).concat(hooks ?? [])) {
+    const kind = typeof hook === 'function' ? (hook as TaggedHook)[AUTH_KIND] : undefined;
+    if (kind !== undefined) return kind;
+  }
+  return undefined;
 }
 
 function header(request: FastifyRequest, name: string): string | undefined {
@@ -44,12 +67,16 @@ export function authHooks(auth: Authenticator, invalidKeyCode: 'UNAUTHORIZED' | 
   };
 
   return {
-    tenant: (permission) => async (request) => checkTenant(request, permission),
-    tenantOrAdmin: (permission) => async (request) => {
+    tenant: (permission) => tag('tenant', async (request) => checkTenant(request, permission)),
+    tenantOrAdmin: (permission) => tag('tenantOrAdmin', async (request) => {
       const adminKey = header(request, 'x-admin-api-key');
       if (adminKey !== undefined) return checkAdmin(request, adminKey);
       return checkTenant(request, permission);
-    },
-    admin: () => async (request) => checkAdmin(request, header(request, 'x-admin-api-key')),
+    }),
+    admin: () => tag('admin', async (request) => checkAdmin(request, header(request, 'x-admin-api-key'))),
+    adminFrom: (presented) => tag('admin', async (request) => {
+      const key = presented(request);
+      checkAdmin(request, key === undefined || key.trim() === '' ? undefined : key.trim());
+    }),
   };
 }

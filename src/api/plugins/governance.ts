@@ -1,5 +1,6 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { failureAuditEntry, type AuditLog } from '../../domain/audit.js';
+import { wasThrottled } from './auth-throttle.js';
 
 /**
  * Request handling only the governance plane has (admin digest §0.4, §2.8), added as root hooks
@@ -50,7 +51,8 @@ export function governanceHooks(app: FastifyInstance, audit: AuditLog): void {
   });
 
   app.addHook('onResponse', async (request: FastifyRequest, reply: FastifyReply) => {
-    if (reply.statusCode < 400) return;
+    // A throttled request writes no row (admin digest §0.2): a flood must not become audit writes.
+    if (reply.statusCode < 400 || wasThrottled(request)) return;
     const envelope = (reply as WithEnvelope)[ENVELOPE] ?? {};
     const { entry, ttlMs } = failureAuditEntry({
       method: request.method,
