@@ -17,10 +17,18 @@ afterAll(async () => h?.close());
 
 const ADMIN = { 'x-admin-api-key': ADMIN_KEY };
 
+/**
+ * Flips the tenant to CLOSED without running the close cascade, i.e. the state every tenant is in
+ * between the flip and the end of its cascade (ADR 0015, Mode B): the runtime guard must hold on
+ * its own, with the tenant's keys, reservations and budgets still untouched. (The cascade itself
+ * is tested in tenant-close.test.ts.)
+ */
 async function close(t: TestTenant) {
-  const r = await h.admin.inject({ method: 'PATCH', url: `/v1/admin/tenants/${t.id}`, headers: ADMIN, payload: { status: 'CLOSED' } });
-  expect(r.statusCode, r.body).toBe(200);
-  expect(json(r).status).toBe('CLOSED');
+  const e = { eventIdBase: 'evt_0000000000', requestId: 'test', traceId: '0'.repeat(31) + '1', actorJson: '{"type":"admin"}' };
+  const r = await h.system.adminStore.updateTenant(t.id, 'CLOSED', new Date().toISOString(), {}, [], e);
+  expect(r.result).toBe('OK');
+  const g = await h.admin.inject({ method: 'GET', url: `/v1/admin/tenants/${t.id}`, headers: ADMIN });
+  expect(json(g).status).toBe('CLOSED');
 }
 
 describe('closed tenant', () => {

@@ -28,6 +28,21 @@ export const DEFAULT_PERMISSIONS = [
 ];
 
 const DEFAULT_KEY_LIFETIME_MS = 90 * 86_400_000;
+
+// Tenant close cascade (admin digest §6, ADR 0015).
+/** Children (reservations, budgets, subscriptions) one cascade batch examines in one script call. */
+export const CASCADE_BATCH_SIZE = 100;
+/** Largest batch a caller may ask for: a batch is one script call and must stay short. */
+const CASCADE_MAX_BATCH_SIZE = 1000;
+/** Batches one cascade run may take; a run that hits the bound reports itself incomplete. */
+export const CASCADE_MAX_BATCHES = 10_000;
+/** API key ids read per SSCAN page, and pages one run may read. */
+const CASCADE_KEY_PAGE = 100;
+const CASCADE_MAX_KEY_PAGES = 10_000;
+/** Retention of the reservation records the cascade releases, unless the caller passes its own. */
+const DEFAULT_RESERVATION_RETENTION_MS = 30 * 86_400_000;
+/** The revoked_reason the cascade stamps on API keys; it also marks a revocation as the cascade's own. */
+export const CASCADE_REVOKED_REASON = 'tenant_closed';
 /** Tenant runtime defaults (admin digest §2.1); the runtime scripts fall back to the same values. */
 const TENANT_DEFAULTS = { default_reservation_ttl_ms: 60_000, max_reservation_ttl_ms: 3_600_000, max_reservation_extensions: 10 } as const;
 const TENANT_NUMERIC = ['default_reservation_ttl_ms', 'max_reservation_ttl_ms', 'max_reservation_extensions'] as const;
@@ -126,6 +141,49 @@ function budgetRefusal(kind: string | undefined, detail: string | undefined, ten
   }
 }
 
+/** One owned object a cascade run moved to its terminal state. */
+export interface CascadeChange {
+  kind: 'budget' | 'webhook_subscription' | 'api_key';
+  /** ledger_id, subscription_id or key_id. */
+  id: string;
+  priorStatus: string;
+  newStatus: string;
+  scope?: string;
+  unit?: string;
+  name?: string;
+  /** Budgets: the reserved amount returned to remaining when the ledger closed (0 if none). */
+  releasedAmount?: number;
+}
+
+/** What one cascade run did. */
+export interface CascadeReport {
+  /** The correlation id of the close that started the cascade, stamped on every child event. */
+  correlationId: string;
+  /** Children this run transitioned (children already terminal are not listed). */
+  changes: CascadeChange[];
+  /** False when the run stopped at its bound; the next close (or a reconciler) finishes it. */
+  complete: boolean;
+}
+
+export interface CascadeOptions {
+  /** Retention of released reservation records (the runtime's CYCLES_RESERVATION_RETENTION_MS). */
+  reservationRetentionMs?: number;
+  /** Children per batch (1..1000); default CASCADE_BATCH_SIZE. */
+  batchSize?: number;
+  /** Batches this run may take; default CASCADE_MAX_BATCHES. */
+  maxBatches?: number;
+}
+
+function parseCascadeChange(raw: string): CascadeChange {
+  const c = JSON.parse(raw) as { kind: CascadeChange['kind']; id: string; prior: string; new: string; scope?: string; unit?: string; name?: string; released?: string };
+  const out: CascadeChange = { kind: c.kind, id: c.id, priorStatus: c.prior, newStatus: c.new };
+  if (c.scope !== undefined) out.scope = c.scope;
+  if (c.unit !== undefined) out.unit = c.unit;
+  if (c.name !== undefined) out.name = c.name;
+  if (c.released !== undefined) out.releasedAmount = Number(c.released);
+  return out;
+}
+
 function scopeOrThrow(scope: string): { scope: string; tenant: string } {
   const parsed = parseBudgetScope(scope);
   if ('error' in parsed) throw new CyclesError('INVALID_REQUEST', `Invalid scope: ${parsed.error}`);
@@ -167,16 +225,127 @@ export class AdminService {
     return tenantView(rec);
   }
 
-  async updateTenant(auth: AuthContext, tenantId: string, body: Record<string, unknown>, corr: Correlation): Promise<Record<string, unknown>> {
+  async updateTenant(
+    auth: AuthContext,
+    tenantId: string,
+    body: Record<string, unknown>,
+    corr: Correlation,
+    opts: CascadeOptions = {},
+  ): Promise<Record<string, unknown>> {
+    return (await this.patchTenant(auth, tenantId, body, corr, opts)).tenant;
+  }
+
+  /**
+   * PATCH of a tenant. `status: CLOSED` flips the tenant first (the commit point: from then on
+   * every mutation of its objects is refused) and then runs the close cascade over its children,
+   * Mode B of the admin digest §6 (ADR 0015). A re-close of a CLOSED tenant runs the cascade
+   * again, which finishes whatever an interrupted run left and emits nothing twice.
+   *
+   * Correlation ids: the children's events carry `tenant_close_cascade:<tenant>:<request_id>` of
+   * the close that flipped the tenant; the tenant.closed event carries the caller's correlation
+   * id when it has one (a bulk CLOSE), else the same cascade id.
+   */
+  async patchTenant(
+    auth: AuthContext,
+    tenantId: string,
+    body: Record<string, unknown>,
+    corr: Correlation,
+    opts: CascadeOptions = {},
+  ): Promise<{ tenant: Record<string, unknown>; cascade?: CascadeReport }> {
     const set: RecordFields = {};
     if (body.name !== undefined) set.name = String(body.name);
     for (const f of ['default_commit_overage_policy', ...TENANT_NUMERIC] as const) if (body[f] !== undefined) set[f] = String(body[f]);
     if (body.metadata !== undefined) set.metadata = JSON.stringify(body.metadata);
     const status = body.status === undefined ? undefined : String(body.status);
-    const r = await this.store.updateTenant(tenantId, status, iso(Date.now()), set, [], emitCtx(auth, corr));
+    const closing = status === 'CLOSED';
+    const cascadeCorrelation = `tenant_close_cascade:${tenantId}:${corr.requestId}`;
+    const eventCorr = closing ? { ...corr, correlationId: corr.correlationId ?? cascadeCorrelation } : corr;
+    // The intent is noted before the flip, so a crash right after the flip still leaves the
+    // tenant findable by whoever finishes unfinished cascades.
+    if (closing) await this.store.markCascadePending(tenantId, Date.now());
+    const r = await this.store.updateTenant(tenantId, status, iso(Date.now()), set, [], emitCtx(auth, eventCorr), closing ? cascadeCorrelation : '');
+    if (r.result !== 'OK' && closing) await this.store.clearCascadePending(tenantId);
     if (r.result === 'TENANT_NOT_FOUND') throw new CyclesError('TENANT_NOT_FOUND', `Tenant not found: ${tenantId}`);
     if (r.result === 'INVALID_REQUEST') throw new CyclesError('INVALID_REQUEST', r.detail);
-    return this.getTenant(tenantId);
+    let cascade: CascadeReport | undefined;
+    if (closing) {
+      try {
+        cascade = await this.runCloseCascade(auth, tenantId, corr, opts);
+      } catch (err) {
+        if (err instanceof CyclesError) throw err;
+        throw new CyclesError('INTERNAL_ERROR', 'Tenant closed, but one or more owned resources did not reach terminal state');
+      }
+    }
+    return { tenant: await this.getTenant(tenantId), ...(cascade ? { cascade } : {}) };
+  }
+
+  /**
+   * Runs the close cascade of a CLOSED tenant to completion (or to its bound): bounded batches
+   * over reservations, budgets and webhook subscriptions in the tenant's slot, then the API keys
+   * (global records) one by one. Every step is a compare-and-set that emits only when it moves a
+   * child, so runs may repeat, overlap or resume after a crash without duplicate events. Also the
+   * entry point for an operator or a reconciler finishing an interrupted cascade.
+   */
+  async runCloseCascade(auth: AuthContext, tenantId: string, corr: Correlation, opts: CascadeOptions = {}): Promise<CascadeReport> {
+    const batchSize = Math.min(CASCADE_MAX_BATCH_SIZE, Math.max(1, Math.floor(opts.batchSize ?? CASCADE_BATCH_SIZE)));
+    const maxBatches = opts.maxBatches ?? CASCADE_MAX_BATCHES;
+    const retention = opts.reservationRetentionMs ?? DEFAULT_RESERVATION_RETENTION_MS;
+    const changes: CascadeChange[] = [];
+    let budgetCursor = '';
+    let webhookCursor = '';
+    let complete = false;
+    for (let i = 0; i < maxBatches; i += 1) {
+      const r = await this.store.cascadeBatch({
+        tenantId, batchSize, budgetCursor, webhookCursor, reservationRetentionMs: retention, nowIso: iso(Date.now()),
+        emit: emitCtx(auth, corr),
+      });
+      if (r.result === 'NOT_CLOSED') throw new CyclesError('INVALID_REQUEST', `Tenant is not CLOSED: ${tenantId}`);
+      for (const raw of r.changes) changes.push(parseCascadeChange(raw));
+      budgetCursor = r.budgetCursor;
+      webhookCursor = r.webhookCursor;
+      if (r.result === 'DONE') {
+        complete = true;
+        break;
+      }
+    }
+    if (complete) complete = await this.cascadeApiKeys(auth, tenantId, corr, changes);
+    if (complete) await this.store.markCascadeDone(tenantId, Date.now());
+    const state = await this.store.cascadeState(tenantId);
+    return { correlationId: state?.correlation_id ?? '', changes, complete };
+  }
+
+  /** The cascade over the tenant's API keys; false when the page bound stopped it. */
+  private async cascadeApiKeys(auth: AuthContext, tenantId: string, corr: Correlation, changes: CascadeChange[]): Promise<boolean> {
+    let cursor = '0';
+    for (let page = 0; page < CASCADE_MAX_KEY_PAGES; page += 1) {
+      const [next, ids] = await this.store.tenantKeyIdsPage(tenantId, cursor, CASCADE_KEY_PAGE);
+      for (const keyId of ids) {
+        const change = await this.cascadeApiKey(auth, tenantId, keyId, corr);
+        if (change) changes.push(change);
+      }
+      if (next === '0') return true;
+      cursor = next;
+    }
+    return false;
+  }
+
+  /**
+   * One key: claim (tenant slot) → revoke (the key's own slot) → finish (tenant slot). The
+   * event is emitted by the finish step, once, and only for a revocation that is the cascade's
+   * own (it revoked the key now, or an earlier interrupted run did: revoked_reason tenant_closed).
+   */
+  private async cascadeApiKey(auth: AuthContext, tenantId: string, keyId: string, corr: Correlation): Promise<CascadeChange | undefined> {
+    const rec = await this.store.getApiKey(keyId);
+    if (rec && rec.tenant_id !== tenantId) return undefined;
+    const name = rec?.name ?? '';
+    const claim = await this.store.cascadeKeyStep(tenantId, 'claim', keyId, rec?.status ?? '', name, emitCtx(auth, corr));
+    if (claim === 'NOT_CLOSED') throw new CyclesError('INVALID_REQUEST', `Tenant is not CLOSED: ${tenantId}`);
+    if (claim !== 'CLAIMED' && claim !== 'PENDING') return undefined;
+    const revoked = await this.store.cascadeRevokeKey(keyId, tenantId, iso(Date.now()), CASCADE_REVOKED_REASON);
+    const ours = revoked.result === 'OK' || (revoked.result === 'ALREADY' && revoked.status === 'REVOKED' && revoked.reason === CASCADE_REVOKED_REASON);
+    const finish = await this.store.cascadeKeyStep(tenantId, 'finish', keyId, ours ? '1' : '0', name, emitCtx(auth, corr));
+    if (finish !== 'EMITTED') return undefined;
+    return { kind: 'api_key', id: keyId, priorStatus: 'ACTIVE', newStatus: 'REVOKED', ...(name ? { name } : {}) };
   }
 
   // ------------------------------------------------------------------------ API keys
@@ -212,6 +381,12 @@ export class AdminService {
     if (body.description !== undefined) fields.description = String(body.description);
     if (body.metadata !== undefined) fields.metadata = JSON.stringify(body.metadata);
     await this.store.createApiKey(keyId, tenantId, hashSecret(secret), fields);
+    // The status check above and the writes are separate steps: a close that landed in between
+    // would leave a live key under a CLOSED tenant, so the new key is revoked and refused.
+    if ((await this.store.getTenant(tenantId))?.status === 'CLOSED') {
+      await this.store.cascadeRevokeKey(keyId, tenantId, iso(Date.now()), CASCADE_REVOKED_REASON);
+      throw new CyclesError('TENANT_CLOSED', `Tenant is CLOSED: ${tenantId}`);
+    }
     return {
       key_id: keyId,
       key_secret: secret,
@@ -226,9 +401,11 @@ export class AdminService {
   async revokeApiKey(keyId: string, reason: string | undefined): Promise<Record<string, unknown>> {
     const rec = await this.store.getApiKey(keyId);
     if (!rec) throw new CyclesError('NOT_FOUND', `API key not found: ${keyId}`);
-    if (rec.status === 'REVOKED') throw new CyclesError('KEY_REVOKED', `API key is already revoked: ${keyId}`);
+    // A closed owner wins over the key's own state (tenant-close Rule 2): a key the cascade
+    // revoked answers TENANT_CLOSED, not the revoked-key conflict.
     const tenant = rec.tenant_id ? await this.store.getTenant(rec.tenant_id) : undefined;
     if (tenant?.status === 'CLOSED') throw new CyclesError('TENANT_CLOSED', `Tenant is CLOSED: ${rec.tenant_id}`);
+    if (rec.status === 'REVOKED') throw new CyclesError('KEY_REVOKED', `API key is already revoked: ${keyId}`);
     const fields: RecordFields = { status: 'REVOKED', revoked_at: iso(Date.now()) };
     if (reason) fields.revoked_reason = reason;
     await this.store.revokeApiKey(keyId, fields);

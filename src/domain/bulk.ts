@@ -1,15 +1,19 @@
 import { randomUUID } from 'node:crypto';
 import type { BulkStore } from '../store/bulk-store.js';
 import type { RecordFields } from '../store/admin-store.js';
-import type { AdminService } from './admin.js';
+import type { WebhookStore } from '../store/webhook-store.js';
+import type { AdminService, CascadeOptions, CascadeReport } from './admin.js';
 import type { AdminListingService } from './admin-listings.js';
 import { SEARCH_MAX_CHARS } from './admin-listings.js';
-import type { AuthContext, Correlation } from './auth.js';
+import { actorJson, type AuthContext, type Correlation } from './auth.js';
 import { payloadHash } from './canonical.js';
 import { CyclesError } from './errors.js';
+import { newEventIdBase } from './ids.js';
+import { EVENT_TYPES, SYSTEM_OWNER, checkSelectors, ownerOfSubscriptionId } from './webhooks.js';
 
 /**
- * Bulk actions (admin digest §2.11): one filter, one action, applied row by row. Order of checks:
+ * Bulk actions over tenants, budgets and webhook subscriptions (admin digest §2.11): one filter,
+ * one action, applied row by row. Order of checks:
  * schema → payload rules → empty filter → search length → idempotency claim → match → row cap →
  * expected_count → apply (a row's failure never aborts the rest) → store the replay envelope.
  * Every rejection before the first mutation releases the claim, so the key can be retried.
@@ -68,7 +72,27 @@ export interface BudgetBulkRequest {
   idempotency_key: string;
 }
 
+export interface WebhookBulkRequest {
+  filter: { tenant_id?: string; status?: string; event_type?: string; search?: string };
+  action: string;
+  expected_count?: number;
+  idempotency_key: string;
+}
+
+/** Per-call hooks of a tenant bulk action: how to run a CLOSE cascade and what to do with its report. */
+export interface TenantBulkHooks {
+  cascade?: CascadeOptions;
+  onCascade?: (tenantId: string, report: CascadeReport) => Promise<void>;
+}
+
 const TENANT_TARGET: Record<string, string> = { SUSPEND: 'SUSPENDED', REACTIVATE: 'ACTIVE', CLOSE: 'CLOSED' };
+
+/** Subscriptions a webhook bulk filter may examine before the caller must narrow it. */
+export const WEBHOOK_BULK_SCAN_MAX = 50_000;
+/** Subscription ids read per index window while matching, and records hydrated at once. */
+const WEBHOOK_BULK_WINDOW = 200;
+/** Attempts of one row whose record changed between the read and the write. */
+const WEBHOOK_ROW_ATTEMPTS = 3;
 
 function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
@@ -88,6 +112,12 @@ function checkMatched(total: number, expected: number | undefined): void {
   if (expected !== undefined && expected !== total) {
     throw new CyclesError('COUNT_MISMATCH', `expected_count ${expected} does not match ${total} matched rows`, { total_matched: total });
   }
+}
+
+function knownEventType(t: string): boolean {
+  const dot = t.indexOf('.');
+  if (dot > 0 && (EVENT_TYPES[t.slice(0, dot)]?.includes(t.slice(dot + 1)) ?? false)) return true;
+  return /^custom\.[a-z0-9_.-]+$/.test(t);
 }
 
 function envelope(action: string, key: string, total: number): BulkResponse {
@@ -112,11 +142,12 @@ export class BulkService {
     private readonly admin: AdminService,
     private readonly listings: AdminListingService,
     private readonly store: BulkStore,
+    private readonly webhookStore?: WebhookStore,
   ) {}
 
   // ------------------------------------------------------------------ tenants
 
-  async tenants(auth: AuthContext, body: TenantBulkRequest, corr: Correlation): Promise<BulkOutcome> {
+  async tenants(auth: AuthContext, body: TenantBulkRequest, corr: Correlation, hooks: TenantBulkHooks = {}): Promise<BulkOutcome> {
     const f = body.filter;
     if (Object.values(f).every((v) => v === undefined)) {
       throw new CyclesError('INVALID_REQUEST', 'filter must contain at least one property');
@@ -134,6 +165,15 @@ export class BulkService {
           // Each row re-reads the live status at apply time.
           const live = await this.admin.getTenant(id);
           const status = String(live.status);
+          if (status === 'CLOSED' && target === 'CLOSED') {
+            // A re-close finishes whatever an earlier cascade left: a row that moved a child
+            // succeeded; one with nothing left was already in the target state.
+            const report = await this.admin.runCloseCascade(auth, id, corr, hooks.cascade);
+            if (hooks.onCascade) await hooks.onCascade(id, report);
+            if (report.changes.length > 0) out.succeeded.push({ id });
+            else out.skipped.push({ id, reason: 'ALREADY_IN_TARGET_STATE' });
+            continue;
+          }
           if (status === target) {
             out.skipped.push({ id, reason: 'ALREADY_IN_TARGET_STATE' });
             continue;
@@ -142,7 +182,8 @@ export class BulkService {
             out.failed.push({ id, error_code: 'INVALID_TRANSITION', message: `Cannot ${body.action.toLowerCase()} a CLOSED tenant` });
             continue;
           }
-          await this.admin.updateTenant(auth, id, { status: target }, { ...corr, correlationId });
+          const { cascade } = await this.admin.patchTenant(auth, id, { status: target }, { ...corr, correlationId }, hooks.cascade);
+          if (cascade && hooks.onCascade) await hooks.onCascade(id, cascade);
           out.succeeded.push({ id });
         } catch (err) {
           out.failed.push(this.tenantRowError(id, err));
@@ -153,6 +194,7 @@ export class BulkService {
   }
 
   private tenantRowError(id: string, err: unknown): BulkRow {
+    if (err instanceof CyclesError && err.code === 'INTERNAL_ERROR') return { id, error_code: 'INTERNAL_ERROR', message: err.message };
     if (err instanceof CyclesError) {
       if (err.code === 'TENANT_NOT_FOUND') return { id, error_code: 'NOT_FOUND', message: err.message };
       // The update script refuses a transition out of CLOSED (a close that raced this row).
@@ -217,6 +259,128 @@ export class BulkService {
     } catch (err) {
       if (err instanceof CyclesError) return { id, ...budgetRowError(err) };
       return { id, error_code: 'INTERNAL_ERROR', message: 'Row could not be funded' };
+    }
+  }
+
+  // ------------------------------------------------------------------ webhooks
+
+  /**
+   * POST /v1/admin/webhooks/bulk-action (admin digest §2.11, spec bulkActionWebhooks): PAUSE
+   * (ACTIVE → PAUSED), RESUME (PAUSED → ACTIVE; DISABLED cannot be resumed), DELETE. One
+   * webhook.paused / resumed / deleted event per mutated row, correlation
+   * `webhook_bulk_action:<action>:<request_id>`; rows of a CLOSED owner fail TENANT_CLOSED.
+   */
+  async webhooks(auth: AuthContext, body: WebhookBulkRequest, corr: Correlation): Promise<BulkOutcome> {
+    const store = this.webhookStore;
+    if (store === undefined) throw new Error('BulkService was built without a webhook store');
+    const f = body.filter;
+    const tenantId = f.tenant_id?.trim() || undefined;
+    const search = f.search?.trim().toLowerCase() || undefined;
+    if (tenantId === undefined && f.status === undefined && (f.event_type ?? '') === '' && search === undefined) {
+      throw new CyclesError('INVALID_REQUEST', 'filter must contain at least one property');
+    }
+    checkSearch(f.search);
+    if (f.event_type !== undefined && f.event_type !== '' && !knownEventType(f.event_type)) {
+      throw new CyclesError('INVALID_REQUEST', `Invalid value for parameter 'filter.event_type': ${f.event_type}`);
+    }
+    const correlationId = `webhook_bulk_action:${body.action.toLowerCase()}:${corr.requestId}`;
+    return this.idempotent('webhooks-bulk', body, async () => {
+      const { rows, total } = await this.matchWebhooks(store, { tenantId, status: f.status, eventType: f.event_type || undefined, search });
+      checkMatched(total, body.expected_count);
+      const out = envelope(body.action, body.idempotency_key, total);
+      const rowCorr = { ...corr, correlationId };
+      for (const rec of rows) {
+        const row = await this.webhookRow(auth, store, body.action, rec, rowCorr);
+        if (row.error_code !== undefined) out.failed.push(row);
+        else if (row.reason !== undefined) out.skipped.push(row);
+        else out.succeeded.push(row);
+      }
+      return out;
+    });
+  }
+
+  /** Every subscription matching the filter (ascending id), the first BULK_ROW_CAP kept. */
+  private async matchWebhooks(
+    store: WebhookStore,
+    q: { tenantId: string | undefined; status: string | undefined; eventType: string | undefined; search: string | undefined },
+  ): Promise<{ rows: RecordFields[]; total: number }> {
+    const rows: RecordFields[] = [];
+    let total = 0;
+    if (q.tenantId !== undefined && q.tenantId !== SYSTEM_OWNER && !/^[a-z0-9-]{1,64}$/.test(q.tenantId)) return { rows, total };
+    let after: string | undefined;
+    for (let examined = 0; ;) {
+      const ids = await store.ids(q.tenantId, after, WEBHOOK_BULK_WINDOW);
+      if (ids.length === 0) break;
+      examined += ids.length;
+      if (examined > WEBHOOK_BULK_SCAN_MAX) {
+        throw new CyclesError('LIMIT_EXCEEDED', `Filter examines more than ${WEBHOOK_BULK_SCAN_MAX} subscriptions; narrow the filter (tenant_id)`, undefined, 400);
+      }
+      after = ids[ids.length - 1];
+      const refs = ids.flatMap((id) => {
+        const ownerId = ownerOfSubscriptionId(id);
+        return ownerId === undefined ? [] : [{ ownerId, id }];
+      });
+      for (const rec of await store.getMany(refs)) {
+        if (!rec) continue;
+        if (q.status !== undefined && rec.status !== q.status) continue;
+        if (q.eventType !== undefined && !(JSON.parse(rec.event_types ?? '[]') as string[]).includes(q.eventType)) continue;
+        if (q.search !== undefined && !(rec.subscription_id ?? '').toLowerCase().includes(q.search) && !(rec.url ?? '').toLowerCase().includes(q.search)) continue;
+        total += 1;
+        if (rows.length < BULK_ROW_CAP) rows.push(rec);
+      }
+      if (ids.length < WEBHOOK_BULK_WINDOW) break;
+    }
+    return { rows, total };
+  }
+
+  /** One row, on the live record: a record changed between read and write is re-read. */
+  private async webhookRow(auth: AuthContext, store: WebhookStore, action: string, matched: RecordFields, corr: Correlation): Promise<BulkRow> {
+    const id = matched.subscription_id!;
+    const ownerId = ownerOfSubscriptionId(id) ?? matched.tenant_id ?? SYSTEM_OWNER;
+    const owner = { ownerId, concrete: ownerId !== SYSTEM_OWNER };
+    const emit = { eventIdBase: newEventIdBase(), requestId: corr.requestId, traceId: corr.traceId, actorJson: actorJson(auth), correlationId: corr.correlationId! };
+    const closed = { id, error_code: 'TENANT_CLOSED', message: `Tenant is CLOSED: ${ownerId}` };
+    try {
+      for (let attempt = 0; attempt < WEBHOOK_ROW_ATTEMPTS; attempt += 1) {
+        const rec = await store.get(ownerId, id);
+        if (!rec) {
+          return action === 'DELETE' ? { id, reason: 'ALREADY_DELETED' } : { id, error_code: 'NOT_FOUND', message: `Webhook subscription not found: ${id}` };
+        }
+        // A closed owner wins over the row's own state (tenant-close Rule 2).
+        if (owner.concrete && (await store.tenantStatus(ownerId)) === 'CLOSED') return closed;
+        const status = rec.status ?? 'ACTIVE';
+        if (action === 'DELETE') {
+          const r = await store.delete(owner, id, true, emit);
+          if (r.result === 'OK') return { id };
+          if (r.result === 'TENANT_CLOSED') return closed;
+          return { id, reason: 'ALREADY_DELETED' };
+        }
+        let target: string;
+        if (action === 'PAUSE') {
+          if (status !== 'ACTIVE') return { id, reason: 'ALREADY_IN_TARGET_STATE' };
+          target = 'PAUSED';
+        } else {
+          if (status === 'ACTIVE') return { id, reason: 'ALREADY_IN_TARGET_STATE' };
+          if (status === 'DISABLED') return { id, error_code: 'INVALID_TRANSITION', message: 'Cannot resume DISABLED subscription' };
+          try {
+            checkSelectors(ownerId, JSON.parse(rec.event_types ?? '[]') as string[], JSON.parse(rec.event_categories ?? '[]') as string[]);
+          } catch (err) {
+            return { id, error_code: 'INVALID_TRANSITION', message: err instanceof Error ? err.message : 'Invalid selectors' };
+          }
+          target = 'ACTIVE';
+        }
+        const fields: RecordFields = { status: target, updated_at: new Date().toISOString() };
+        if (target === 'ACTIVE' && rec.consecutive_failures !== undefined && rec.consecutive_failures !== '0') fields.consecutive_failures = '0';
+        const data = { subscription_id: id, tenant_id: ownerId, previous_status: status, new_status: target, changed_fields: [] };
+        const event = { type: target === 'PAUSED' ? 'webhook.paused' : 'webhook.resumed', dataJson: JSON.stringify(data), correlationId: corr.correlationId! };
+        const result = await store.update(owner, id, rec.rev ?? '0', fields, event, emit);
+        if (result === 'OK') return { id };
+        if (result === 'TENANT_CLOSED') return closed;
+        if (result === 'NOT_FOUND') return { id, error_code: 'NOT_FOUND', message: `Webhook subscription not found: ${id}` };
+      }
+      return { id, error_code: 'INTERNAL_ERROR', message: 'Subscription kept changing during the bulk action' };
+    } catch {
+      return { id, error_code: 'INTERNAL_ERROR', message: 'Row could not be updated' };
     }
   }
 

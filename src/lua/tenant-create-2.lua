@@ -23,7 +23,7 @@ for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
 local ctx = { now = now_ms(), event_base = ARGV[2], request_id = ARGV[3], trace_id = ARGV[4],
   actor = ARGV[5], tenant = ARGV[6], source = 'cycles-admin' }
-emit(KEYS[2], ctx, 'tenant.created', 'tenant', 'tenant:' .. ARGV[6], jobj({
+emit(KEYS[2], ctx, 'tenant.created', 'tenant', nil, jobj({
   'tenant_id', js(ARGV[6]), 'name', js(ARGV[1]), 'new_status', js('ACTIVE'),
 }))
 return {'CREATED'}

@@ -58,11 +58,16 @@ export class AdminStore {
     set: RecordFields,
     unset: string[],
     e: EmitContext,
+    cascadeCorrelationId = '',
   ): Promise<{ result: string; detail: string }> {
+    const k = this.keys;
     const reply = await this.scripts.run(
       'tenant-update',
-      [this.keys.tenant(tenantId), this.keys.outbox(tenantId)],
-      [status ?? '', nowIso, e.eventIdBase, e.requestId, e.traceId, e.actorJson, tenantId, unset.join(','), e.correlationId ?? '', ...pairs(set)],
+      [k.tenant(tenantId), k.outbox(tenantId), k.cascadeState(tenantId)],
+      [
+        status ?? '', nowIso, e.eventIdBase, e.requestId, e.traceId, e.actorJson, tenantId, unset.join(','), e.correlationId ?? '',
+        cascadeCorrelationId, String(Date.parse(nowIso)), ...pairs(set),
+      ],
     );
     return { result: String(reply[0]), detail: reply[1] === undefined ? '' : String(reply[1]) };
   }
@@ -187,6 +192,89 @@ export class AdminStore {
       ],
     );
     return reply.map((v) => String(v));
+  }
+
+  // ------------------------------------------------------------------ tenant close cascade (ADR 0015)
+
+  /**
+   * One bounded batch of the cascade over the tenant-slot children (reservations, budgets,
+   * webhook subscriptions). The cursors belong to the caller's run; see tenant-cascade-7.lua.
+   */
+  async cascadeBatch(args: {
+    tenantId: string;
+    batchSize: number;
+    budgetCursor: string;
+    webhookCursor: string;
+    reservationRetentionMs: number;
+    nowIso: string;
+    emit: EmitContext;
+  }): Promise<{ result: 'MORE' | 'DONE' | 'NOT_CLOSED'; budgetCursor: string; webhookCursor: string; changes: string[] }> {
+    const k = this.keys;
+    const t = args.tenantId;
+    const e = args.emit;
+    const reply = await this.scripts.run(
+      'tenant-cascade',
+      [k.tenant(t), k.expiryIndex(t), k.budgetIndex(t), k.webhookIndex(t), k.outbox(t), k.cascadeState(t), k.cascadeReleased(t)],
+      [
+        String(args.batchSize), args.budgetCursor, args.webhookCursor, String(args.reservationRetentionMs),
+        e.eventIdBase, e.requestId, e.traceId, e.actorJson, t, args.nowIso,
+      ],
+    );
+    const [kind, result, budgetCursor, webhookCursor, ...changes] = reply.map((v) => (v === null ? '' : String(v)));
+    if (kind !== 'OK') return { result: 'NOT_CLOSED', budgetCursor: '', webhookCursor: '', changes: [] };
+    return { result: result as 'MORE' | 'DONE', budgetCursor: budgetCursor ?? '', webhookCursor: webhookCursor ?? '', changes };
+  }
+
+  /** API key ids of a tenant, one SSCAN page: [next cursor ('0' when done), ids]. */
+  async tenantKeyIdsPage(tenantId: string, cursor: string, count: number): Promise<[string, string[]]> {
+    return this.redis.sscan(this.keys.tenantKeys(tenantId), cursor, 'COUNT', count);
+  }
+
+  /**
+   * The claim or finish step of the cascade on one API key (tenant-cascade-key-4.lua): its
+   * outcome (CLAIMED, PENDING, DONE, SKIP; EMITTED, SETTLED, NOOP) or NOT_CLOSED.
+   */
+  async cascadeKeyStep(tenantId: string, mode: 'claim' | 'finish', keyId: string, arg: string, name: string, e: EmitContext): Promise<string> {
+    const k = this.keys;
+    const reply = await this.scripts.run(
+      'tenant-cascade-key',
+      [k.tenant(tenantId), k.cascadeKeys(tenantId), k.outbox(tenantId), k.cascadeState(tenantId)],
+      [mode, keyId, arg, name, e.eventIdBase, e.requestId, e.traceId, e.actorJson, tenantId],
+    );
+    return String(reply[0] === 'OK' ? reply[1] : reply[0]);
+  }
+
+  /** Revokes one key for the cascade (compare-and-set on ACTIVE), then drops cached auth results. */
+  async cascadeRevokeKey(keyId: string, tenantId: string, revokedAtIso: string, reason: string): Promise<{ result: string; status: string; reason: string }> {
+    const reply = await this.scripts.run('api-key-cascade-revoke', [this.keys.apiKey(keyId)], [tenantId, revokedAtIso, reason]);
+    const result = String(reply[0]);
+    if (result === 'OK') await this.redis.publish(this.keys.authInvalidationChannel(), keyId);
+    return { result, status: reply[1] == null ? '' : String(reply[1]), reason: reply[2] == null ? '' : String(reply[2]) };
+  }
+
+  async cascadeState(tenantId: string): Promise<RecordFields | undefined> {
+    return nonEmpty(await this.redis.hgetall(this.keys.cascadeState(tenantId)));
+  }
+
+  /** Notes, before the flip, that the tenant's cascade is under way (cross-tenant index). */
+  async markCascadePending(tenantId: string, nowMs: number): Promise<void> {
+    await this.redis.zadd(this.keys.cascadePending(), 'NX', nowMs, tenantId);
+  }
+
+  /** Records a finished run: state 'done' in the tenant slot, then the pending entry dropped. */
+  async markCascadeDone(tenantId: string, nowMs: number): Promise<void> {
+    await this.redis.hset(this.keys.cascadeState(tenantId), 'state', 'done', 'completed_at_ms', String(nowMs));
+    await this.clearCascadePending(tenantId);
+  }
+
+  /** Drops the pending entry alone (a close that was refused never started a cascade). */
+  async clearCascadePending(tenantId: string): Promise<void> {
+    await this.redis.zrem(this.keys.cascadePending(), tenantId);
+  }
+
+  /** Tenants whose cascade has not finished, oldest first (for an operator or a reconciler). */
+  async pendingCascades(count: number): Promise<string[]> {
+    return this.redis.zrange(this.keys.cascadePending(), 0, count - 1);
   }
 
   // ------------------------------------------------------------------ audit

@@ -73,7 +73,7 @@ export class WebhookStore {
     const reply = await this.scripts.run(
       'webhook-delete',
       [k.tenant(o.ownerId), k.webhook(o.ownerId, id), k.webhookIndex(o.ownerId), k.outbox(o.ownerId)],
-      [id, o.ownerId, o.concrete ? '1' : '0', emit ? '1' : '0', e.eventIdBase, e.requestId, e.traceId, e.actorJson],
+      [id, o.ownerId, o.concrete ? '1' : '0', emit ? '1' : '0', e.eventIdBase, e.requestId, e.traceId, e.actorJson, e.correlationId ?? ''],
     );
     const result = String(reply[0]);
     if (result === 'OK') {
@@ -85,6 +85,11 @@ export class WebhookStore {
 
   async get(ownerId: string, id: string): Promise<RecordFields | undefined> {
     return nonEmpty(await this.redis.hgetall(this.keys.webhook(ownerId, id)));
+  }
+
+  /** Several records at once (each in its owner's slot); undefined where a record is gone. */
+  async getMany(refs: Array<{ ownerId: string; id: string }>): Promise<Array<RecordFields | undefined>> {
+    return Promise.all(refs.map((r) => this.get(r.ownerId, r.id)));
   }
 
   /** Subscription ids in ascending order, strictly after `afterId`: one owner's, or every owner's. */

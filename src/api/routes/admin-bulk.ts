@@ -6,7 +6,9 @@ import type { AuditLog } from '../../domain/audit.js';
 import { BulkService, type BulkOutcome } from '../../domain/bulk.js';
 import { BulkStore } from '../../store/bulk-store.js';
 import { ListingStore } from '../../store/listing-store.js';
-import { BudgetBulkActionRequest, TenantBulkActionRequest } from '../schemas/bulk.js';
+import { WebhookStore } from '../../store/webhook-store.js';
+import { BudgetBulkActionRequest, TenantBulkActionRequest, WebhookBulkActionRequest } from '../schemas/bulk.js';
+import { auditCascade } from './admin.js';
 
 /**
  * The one audit row of a bulk invocation (admin digest §2.11): resource_id "bulk-action", with
@@ -39,20 +41,26 @@ function auditBulk(audit: AuditLog, request: FastifyRequest, operation: string, 
   });
 }
 
-/** Bulk actions over tenants and budgets (admin key only). */
+/** Bulk actions over tenants, budgets and webhook subscriptions (admin key only). */
 export async function adminBulkRoutes(app: FastifyInstance, deps: AdminDeps): Promise<void> {
   const r = app.withTypeProvider<TypeBoxTypeProvider>();
   const { hooks, audit } = deps;
   const adminStore = deps.stores.admin;
   const listings = new AdminListingService(new ListingStore(adminStore.redis, adminStore.scripts, adminStore.keys), adminStore);
-  const bulk = new BulkService(deps.admin, listings, new BulkStore(adminStore.redis, adminStore.keys));
+  const webhookStore = new WebhookStore(adminStore.redis, adminStore.scripts, adminStore.keys);
+  const bulk = new BulkService(deps.admin, listings, new BulkStore(adminStore.redis, adminStore.keys), webhookStore);
+  const cascade = { reservationRetentionMs: deps.stores.runtime.retentionMs };
 
   r.post('/v1/admin/tenants/bulk-action', {
     schema: { body: TenantBulkActionRequest },
     config: { operation: 'bulkActionTenants' },
     onRequest: hooks.admin(),
   }, async (request) => {
-    const outcome = await bulk.tenants(request.cycles.auth!, request.body, request.cycles);
+    // A CLOSE row runs the tenant's close cascade; each child it moves gets its audit row.
+    const outcome = await bulk.tenants(request.cycles.auth!, request.body, request.cycles, {
+      cascade,
+      onCascade: (tenantId, report) => auditCascade(audit, request, tenantId, report),
+    });
     await auditBulk(audit, request, 'bulkActionTenants', 'tenant', undefined, outcome);
     return outcome.response;
   });
@@ -64,6 +72,16 @@ export async function adminBulkRoutes(app: FastifyInstance, deps: AdminDeps): Pr
   }, async (request) => {
     const outcome = await bulk.budgets(request.cycles.auth!, request.body, request.cycles);
     await auditBulk(audit, request, 'bulkActionBudgets', 'budget', request.body.filter.tenant_id, outcome);
+    return outcome.response;
+  });
+
+  r.post('/v1/admin/webhooks/bulk-action', {
+    schema: { body: WebhookBulkActionRequest },
+    config: { operation: 'bulkActionWebhooks' },
+    onRequest: hooks.admin(),
+  }, async (request) => {
+    const outcome = await bulk.webhooks(request.cycles.auth!, request.body, request.cycles);
+    await auditBulk(audit, request, 'bulkActionWebhooks', 'webhook', request.body.filter.tenant_id?.trim() || undefined, outcome);
     return outcome.response;
   });
 }

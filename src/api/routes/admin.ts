@@ -1,6 +1,7 @@
-import type { FastifyInstance } from 'fastify';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
-import { introspect } from '../../domain/admin.js';
+import { introspect, type CascadeChange, type CascadeReport } from '../../domain/admin.js';
+import type { AuditLog } from '../../domain/audit.js';
 import {
   ApiKeyCreateRequest,
   AuditQuery,
@@ -17,6 +18,52 @@ import {
 } from '../schemas/admin.js';
 import type { AdminDeps } from '../admin-app.js';
 import { auditSuccess } from '../plugins/audit-success.js';
+
+const CASCADE_EVENT_KIND: Record<CascadeChange['kind'], string> = {
+  budget: 'budget.closed_via_tenant_cascade',
+  webhook_subscription: 'webhook.disabled_via_tenant_cascade',
+  api_key: 'api_key.revoked_via_tenant_cascade',
+};
+
+/**
+ * One audit row per child a close cascade moved (admin digest §6): operation
+ * tenant_close_cascade under the child's tenant, with the cascade's correlation id and the
+ * transition in metadata. Audit is best effort (a write failure never fails the request); the
+ * outbox events are the durable record.
+ */
+export async function auditCascade(audit: AuditLog, request: FastifyRequest, tenantId: string, report: CascadeReport): Promise<void> {
+  for (const c of report.changes) {
+    const metadata: Record<string, unknown> = {
+      actor_type: 'admin_on_behalf_of',
+      cascade: 'tenant_close',
+      event_kind: CASCADE_EVENT_KIND[c.kind],
+      correlation_id: report.correlationId,
+      prior_status: c.priorStatus,
+      new_status: c.newStatus,
+    };
+    if (c.name !== undefined) metadata.name = c.name;
+    if (c.scope !== undefined) metadata.scope = c.scope;
+    if (c.unit !== undefined) metadata.unit = c.unit;
+    if (c.releasedAmount !== undefined) metadata.released_reserved_amount = c.releasedAmount;
+    await audit.write({
+      tenant_id: tenantId,
+      operation: 'tenant_close_cascade',
+      resource_type: c.kind,
+      resource_id: c.id,
+      request_id: request.cycles.requestId,
+      trace_id: request.cycles.traceId,
+      status: 200,
+      actor_type: 'admin_on_behalf_of',
+      source_ip: request.ip,
+      metadata,
+    });
+  }
+}
+
+/** A run that stopped at its bound answers 200 and says so; the next close finishes it. */
+export function markCascadeProgress(reply: FastifyReply, report: CascadeReport | undefined): void {
+  if (report && !report.complete) reply.header('x-cycles-cascade-status', 'in_progress').header('retry-after', '1');
+}
 
 /** Governance operations the runtime needs now: tenants, keys, budgets, audit, introspection. */
 export async function adminRoutes(app: FastifyInstance, deps: AdminDeps): Promise<void> {
@@ -50,8 +97,13 @@ export async function adminRoutes(app: FastifyInstance, deps: AdminDeps): Promis
     schema: { params: TenantIdParams, body: TenantUpdateRequest },
     config: { operation: 'updateTenant' },
     onRequest: hooks.admin(),
-  }, async (request) => {
-    const tenant = await admin.updateTenant(request.cycles.auth!, request.params.tenant_id, request.body, request.cycles);
+  }, async (request, reply) => {
+    const tenantId = request.params.tenant_id;
+    const { tenant, cascade } = await admin.patchTenant(request.cycles.auth!, tenantId, request.body, request.cycles, {
+      reservationRetentionMs: deps.stores.runtime.retentionMs,
+    });
+    if (cascade) await auditCascade(audit, request, tenantId, cascade);
+    markCascadeProgress(reply, cascade);
     await auditSuccess(audit, request, {
       operation: 'updateTenant',
       resourceType: 'tenant',

@@ -58,3 +58,23 @@ export const BudgetBulkActionRequest = Type.Object(
   { additionalProperties: false },
 );
 export type BudgetBulkActionWire = Static<typeof BudgetBulkActionRequest>;
+
+export const WebhookBulkActionRequest = Type.Object(
+  {
+    filter: Type.Object(
+      {
+        tenant_id: Type.Optional(Type.String({ maxLength: 64 })),
+        status: Type.Optional(enumOf(['ACTIVE', 'PAUSED', 'DISABLED'])),
+        // Checked against the event-type vocabulary in the domain, which names the bad value.
+        event_type: Type.Optional(Type.String({ maxLength: 128 })),
+        search: Type.Optional(Search),
+      },
+      { additionalProperties: false },
+    ),
+    action: enumOf(['PAUSE', 'RESUME', 'DELETE']),
+    expected_count: Type.Optional(ExpectedCount),
+    idempotency_key: BulkIdempotencyKey,
+  },
+  { additionalProperties: false },
+);
+export type WebhookBulkActionWire = Static<typeof WebhookBulkActionRequest>;
