@@ -217,8 +217,9 @@ async function startServices(which: string, config: Config): Promise<void> {
   if (which === 'all' || which === 'admin') await listen(await system.buildAdminApp(), config.adminPort, 'admin');
   if (which === 'all' || which === 'events') {
     await listen(await system.buildEventsApp(), config.eventsPort, 'events');
-    // One sweeper per process group is enough (several would be safe, only wasteful).
-    if (!cluster.isWorker || process.env.CYCLES_WORKER_INDEX === '0') system.sweep.start();
+    // BullMQ workers: relay, deliveries, expiry sweep, reconciliation, retention. Every process
+    // may run them; BullMQ hands each job to one worker.
+    await system.startEventsService();
   }
   closeWithGrace({ delay: 10_000 }, async ({ signal, err }) => {
     if (err) logger.error({ err }, 'shutting down after an error');

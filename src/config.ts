@@ -21,6 +21,27 @@ export interface Config {
   workers: number;
   /** AES-256-GCM key for webhook signing secrets at rest (base64 of 32 bytes); unset = derived from ADMIN_API_KEY. */
   webhookSecretEncryptionKey: string | undefined;
+  /** Events service (events digest §7): retention of stored events and delivery records. */
+  eventTtlMs: number;
+  deliveryTtlMs: number;
+  /** A delivery older than this (from its creation) fails without another attempt. */
+  maxDeliveryAgeMs: number;
+  webhookConnectTimeoutMs: number;
+  webhookTimeoutMs: number;
+  /** Webhook deliveries in flight per events process. */
+  deliveryConcurrency: number;
+  reconcileIntervalMs: number;
+  retentionIntervalMs: number;
+  /** BullMQ job lock; a killed worker's job is handed to another worker after about this long. */
+  jobLockMs: number;
+  /** Serve the OpenAPI document (/openapi.json) and Swagger UI (/docs) on the runtime and admin ports. */
+  swaggerEnabled: boolean;
+  /** Development only: serve /docs and /openapi.json without the admin key. */
+  docsPublic: boolean;
+  /** Origins the operator dashboard may call the admin plane from (CORS); ['*'] allows any. */
+  dashboardCorsOrigins: string[];
+  /** Failed authentications per client IP per minute before the admin plane answers 429; 0 = off. */
+  authFailureLimit: number;
 }
 
 type Env = Record<string, string | undefined>;
@@ -33,6 +54,37 @@ function int(env: Env, name: string, fallback: number, min: number, max: number)
     throw new Error(`${name} must be an integer in [${min}, ${max}], got '${raw}'`);
   }
   return n;
+}
+
+function bool(env: Env, name: string, fallback: boolean): boolean {
+  const raw = env[name];
+  if (raw === undefined || raw === '') return fallback;
+  const v = raw.trim().toLowerCase();
+  if (['true', '1', 'yes', 'on'].includes(v)) return true;
+  if (['false', '0', 'no', 'off'].includes(v)) return false;
+  throw new Error(`${name} must be true or false, got '${raw}'`);
+}
+
+/**
+ * A comma-separated list of browser origins (scheme://host[:port], exactly as a browser sends
+ * them in Origin), or `*`. A path or trailing slash would never match, so it is refused.
+ */
+function origins(env: Env, name: string, fallback: string): string[] {
+  const list = str(env, name, fallback).split(',').map((s) => s.trim()).filter((s) => s !== '');
+  if (list.length === 0) throw new Error(`${name} must name at least one origin or '*'`);
+  if (list.includes('*')) return ['*'];
+  for (const origin of list) {
+    let parsed: URL | undefined;
+    try {
+      parsed = new URL(origin);
+    } catch {
+      parsed = undefined;
+    }
+    if (!parsed || !/^https?:$/.test(parsed.protocol) || parsed.origin !== origin) {
+      throw new Error(`${name} entries must be origins like https://dashboard.example.com (no path, no trailing slash) or '*'; got '${origin}'`);
+    }
+  }
+  return list;
 }
 
 function str(env: Env, name: string, fallback: string): string {
@@ -70,5 +122,18 @@ export function loadConfig(env: Env = process.env): Config {
     dataDir: str(env, 'CYCLES_DATA_DIR', '.cycles'),
     workers: int(env, 'CYCLES_WORKERS', 1, 1, 64),
     webhookSecretEncryptionKey: webhookKey,
+    eventTtlMs: int(env, 'EVENT_TTL_DAYS', 90, 1, 3650) * DAY_MS,
+    deliveryTtlMs: int(env, 'DELIVERY_TTL_DAYS', 14, 1, 3650) * DAY_MS,
+    maxDeliveryAgeMs: int(env, 'MAX_DELIVERY_AGE_MS', 86_400_000, 1000, 30 * DAY_MS),
+    webhookConnectTimeoutMs: int(env, 'DISPATCH_HTTP_CONNECT_TIMEOUT_SECONDS', 5, 1, 300) * 1000,
+    webhookTimeoutMs: int(env, 'DISPATCH_HTTP_TIMEOUT_SECONDS', 30, 1, 600) * 1000,
+    deliveryConcurrency: int(env, 'CYCLES_DELIVERY_CONCURRENCY', 32, 1, 1000),
+    reconcileIntervalMs: int(env, 'CYCLES_RECONCILE_INTERVAL_MS', 30_000, 1000, DAY_MS),
+    retentionIntervalMs: int(env, 'RETENTION_CLEANUP_INTERVAL_MS', 3_600_000, 1000, DAY_MS),
+    jobLockMs: int(env, 'CYCLES_JOB_LOCK_MS', 30_000, 1000, 600_000),
+    swaggerEnabled: bool(env, 'SWAGGER_ENABLED', true),
+    docsPublic: bool(env, 'CYCLES_DOCS_PUBLIC', false),
+    dashboardCorsOrigins: origins(env, 'DASHBOARD_CORS_ORIGIN', 'http://localhost:5173'),
+    authFailureLimit: int(env, 'CYCLES_AUTH_FAILURE_LIMIT', 0, 0, 1_000_000),
   };
 }

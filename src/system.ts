@@ -1,5 +1,12 @@
 import { randomBytes } from 'node:crypto';
-import { deriveSecretKey } from './domain/webhooks.js';
+import { deriveSecretKey, SecretCipher } from './domain/webhooks.js';
+import type { Queue } from 'bullmq';
+import { EventsMetrics } from './observability/events-metrics.js';
+import { PipelineStore } from './store/pipeline-store.js';
+import { EventsService } from './workers/events-service.js';
+import { bullConnection, createQueues, enqueueReplay, type Queues } from './workers/queues.js';
+import { WebhookOps } from './domain/webhook-ops.js';
+import { lookup } from 'node:dns/promises';
 import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import { buildAdminApp } from './api/admin-app.js';
@@ -13,6 +20,7 @@ import { ListingService } from './domain/listing.js';
 import { RuntimeService } from './domain/runtime.js';
 import { Metrics } from './observability/metrics.js';
 import { AdminStore } from './store/admin-store.js';
+import { AuthFailureStore } from './store/auth-failures.js';
 import { Keys } from './store/keys.js';
 import { createRedis } from './store/redis.js';
 import { RuntimeStore } from './store/runtime-store.js';
@@ -32,6 +40,21 @@ export interface SystemOptions {
   expiryBatchSize: number;
   /** Base64 of the 32-byte webhook secret key; unset = HKDF of the admin key (ADR 0013). */
   webhookSecretEncryptionKey?: string | undefined;
+  /** Events service settings (config.ts); defaults as documented in docs/configuration.md. */
+  eventTtlMs?: number;
+  deliveryTtlMs?: number;
+  maxDeliveryAgeMs?: number;
+  webhookConnectTimeoutMs?: number;
+  webhookTimeoutMs?: number;
+  deliveryConcurrency?: number;
+  reconcileIntervalMs?: number;
+  retentionIntervalMs?: number;
+  jobLockMs?: number;
+  /** API docs, dashboard CORS and auth-failure throttle (config.ts; ADR 0016); absent = documented default. */
+  swaggerEnabled?: boolean;
+  docsPublic?: boolean;
+  dashboardCorsOrigins?: string[];
+  authFailureLimit?: number;
   /** Where /actuator/prometheus gets its text; defaults to this process's registry. */
   metricsSource?: () => Promise<{ text: string; contentType: string }>;
 }
@@ -48,6 +71,12 @@ export interface System {
   runtime: RuntimeService;
   authenticator: Authenticator;
   sweep: ExpirySweep;
+  pipelineStore: PipelineStore;
+  cipher: SecretCipher;
+  /** Starts the BullMQ workers and schedulers of the events service in this process. */
+  startEventsService(): Promise<EventsService>;
+  /** Producer-side queues (the admin plane enqueues replays and reads queue counts). */
+  queues(): Queues;
   buildRuntimeApp(): Promise<FastifyInstance>;
   buildAdminApp(): Promise<FastifyInstance>;
   buildEventsApp(): Promise<FastifyInstance>;
@@ -62,6 +91,9 @@ function scriptOutcomeLabel(first: string): string {
   if (first === 'redis_error') return 'redis_error';
   return 'refused';
 }
+
+/** A close cascade still pending this long after it started is resumed by reconciliation. */
+const CASCADE_RESUME_AFTER_MS = 60_000;
 
 /** Bound on a health probe's PING, so a hung Redis reports DOWN instead of hanging the probe. */
 const PING_TIMEOUT_MS = 1000;
@@ -88,6 +120,8 @@ export async function createSystem(opts: SystemOptions): Promise<System> {
   const runtimeStore = new RuntimeStore(redis, scripts, keys, opts.reservationRetentionMs);
   const adminStore = new AdminStore(redis, scripts, keys);
   const authenticator = new Authenticator(adminStore, opts.adminApiKey, opts.authCacheTtlMs);
+  const docs = { enabled: opts.swaggerEnabled ?? true, public: opts.docsPublic ?? false };
+  const authThrottle = { limit: opts.authFailureLimit ?? 0, counter: new AuthFailureStore(redis, keys) };
   await subscriber.subscribe(keys.authInvalidationChannel());
   subscriber.on('message', (_channel: string, keyId: string) => authenticator.invalidate(keyId));
   // After a reconnect, invalidations may have been missed: start from an empty cache.
@@ -105,6 +139,65 @@ export async function createSystem(opts: SystemOptions): Promise<System> {
     batchSize: opts.expiryBatchSize,
     logger: opts.logger,
     onExpired: (n) => metrics.expired.inc(n),
+  });
+  const pipelineStore = new PipelineStore(redis, scripts, keys);
+  const cipher = new SecretCipher(webhookSecretKey);
+  let eventsService: EventsService | undefined;
+  let producer: { connection: Redis; queues: Queues } | undefined;
+  const queues = (): Queues => {
+    if (eventsService) return eventsService.queues;
+    if (!producer) {
+      const connection = bullConnection(opts.redisUrl, 'cycles-queue-producer');
+      producer = { connection, queues: createQueues(connection, opts.keyPrefix) };
+    }
+    return producer.queues;
+  };
+  const startEventsService = async (): Promise<EventsService> => {
+    if (eventsService) return eventsService;
+    const service: EventsService = new EventsService({
+      redisUrl: opts.redisUrl,
+      keyPrefix: opts.keyPrefix,
+      logger: opts.logger,
+      store: pipelineStore,
+      scripts,
+      cipher,
+      sweep,
+      metrics: new EventsMetrics(metrics.registry, () => service.queueCounts()),
+      eventTtlMs: opts.eventTtlMs ?? 90 * 86_400_000,
+      deliveryTtlMs: opts.deliveryTtlMs ?? 14 * 86_400_000,
+      maxDeliveryAgeMs: opts.maxDeliveryAgeMs ?? 86_400_000,
+      connectTimeoutMs: opts.webhookConnectTimeoutMs ?? 5000,
+      timeoutMs: opts.webhookTimeoutMs ?? 30_000,
+      expiryIntervalMs: opts.expiryIntervalMs,
+      reconcileIntervalMs: opts.reconcileIntervalMs ?? 30_000,
+      retentionIntervalMs: opts.retentionIntervalMs ?? 3_600_000,
+      deliveryConcurrency: opts.deliveryConcurrency ?? 32,
+      lockDurationMs: opts.jobLockMs ?? 30_000,
+      finishCascades: async () => {
+        // Cascades still pending a minute after they started were interrupted: finish them.
+        const stale = await redis.zrangebyscore(keys.cascadePending(), '-inf', Date.now() - CASCADE_RESUME_AFTER_MS, 'LIMIT', 0, 100);
+        let finished = 0;
+        for (const tenantId of stale) {
+          const report = await admin.runCloseCascade({ kind: 'admin' }, tenantId, { requestId: 'reconcile', traceId: randomBytes(16).toString('hex') }, {
+            reservationRetentionMs: opts.reservationRetentionMs,
+          });
+          if (report.complete) finished++;
+          opts.logger.warn({ tenant: tenantId, complete: report.complete, changes: report.changes.length }, 'reconciliation resumed an interrupted tenant close cascade');
+        }
+        return finished;
+      },
+    });
+    eventsService = service;
+    await service.start();
+    return service;
+  };
+  const webhookOps = new WebhookOps({
+    store: pipelineStore,
+    cipher,
+    resolve: async (hostname) => (await lookup(hostname, { all: true, verbatim: true })).map((a) => a.address),
+    deliveryTtlMs: opts.deliveryTtlMs ?? 14 * 86_400_000,
+    enqueueReplay: (owner, subscriptionId, deliveryIds) =>
+      enqueueReplay(queues().deliveries, { owner, subscriptionId, deliveryIds }, `replay_${deliveryIds[0]}`),
   });
   const metricsSource =
     opts.metricsSource ?? (async () => ({ text: await metrics.registry.metrics(), contentType: metrics.registry.contentType }));
@@ -131,8 +224,12 @@ export async function createSystem(opts: SystemOptions): Promise<System> {
     runtime,
     authenticator,
     sweep,
+    pipelineStore,
+    cipher,
+    startEventsService,
+    queues,
     buildRuntimeApp: () =>
-      buildRuntimeApp({ logger: opts.logger, bodyLimitBytes: opts.bodyLimitBytes, metrics, metricsSource, authenticator, runtime, listing, audit, pingRedis }),
+      buildRuntimeApp({ logger: opts.logger, bodyLimitBytes: opts.bodyLimitBytes, metrics, metricsSource, authenticator, runtime, listing, audit, pingRedis, docs }),
     buildAdminApp: () =>
       buildAdminApp({
         logger: opts.logger,
@@ -145,6 +242,9 @@ export async function createSystem(opts: SystemOptions): Promise<System> {
         stores: { admin: adminStore, runtime: runtimeStore },
         pingRedis,
         webhookSecretKey,
+        webhookOps,
+        queues: () => Object.values(queues()),
+        edge: { docs, authThrottle, ...(opts.dashboardCorsOrigins ? { corsOrigins: opts.dashboardCorsOrigins } : {}) },
       }),
     buildEventsApp: async () => {
       const app = createBaseApp({ plane: 'events', logger: opts.logger, bodyLimitBytes: opts.bodyLimitBytes, metrics });
@@ -153,6 +253,11 @@ export async function createSystem(opts: SystemOptions): Promise<System> {
     },
     async close() {
       await sweep.stop();
+      await eventsService?.stop();
+      if (producer) {
+        await Promise.all(Object.values(producer.queues).map((q: Queue) => q.close().catch(() => undefined)));
+        producer.connection.disconnect();
+      }
       subscriber.disconnect();
       await redis.quit().catch(() => redis.disconnect());
     },

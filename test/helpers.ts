@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify';
 import { pino } from 'pino';
 import { expect, inject } from 'vitest';
-import { createSystem, type System } from '../src/system.js';
+import { createSystem, type System, type SystemOptions } from '../src/system.js';
 
 export const ADMIN_KEY = 'test-admin-key';
 export const USD = 'USD_MICROCENTS';
@@ -15,7 +15,9 @@ export interface Harness {
 }
 
 /** The whole system against the test Redis, with apps driven through app.inject (real HTTP semantics). */
-export async function startHarness(overrides: { expiryIntervalMs?: number; authCacheTtlMs?: number; keyPrefix?: string } = {}): Promise<Harness> {
+export async function startHarness(
+  overrides: { expiryIntervalMs?: number; authCacheTtlMs?: number; keyPrefix?: string; events?: Partial<SystemOptions> } = {},
+): Promise<Harness> {
   const system = await createSystem({
     redisUrl: inject('redisUrl'),
     adminApiKey: ADMIN_KEY,
@@ -26,6 +28,7 @@ export async function startHarness(overrides: { expiryIntervalMs?: number; authC
     reservationRetentionMs: 86_400_000,
     expiryIntervalMs: overrides.expiryIntervalMs ?? 60_000,
     expiryBatchSize: 100,
+    ...(overrides.events ?? {}),
   });
   const runtime = await system.buildRuntimeApp();
   const admin = await system.buildAdminApp();

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { USD, createTenant, idem, json, startHarness, type Harness, type TestTenant } from './helpers.js';
+import { USD, createTenant, getRes, idem, json, startHarness, type Harness, type TestTenant } from './helpers.js';
 
 /**
  * Ledger scripts append the events of runtime digest Appendix A to the tenant's outbox stream
@@ -97,6 +97,7 @@ describe('runtime events in the outbox', () => {
   it('the sweep appends one reservation.expired per expired reservation', async () => {
     const t = await createTenant(h);
     const rid = await t.reserveOk(300, { ttl_ms: 1000, grace_period_ms: 0 });
+    const d = await getRes(t, rid);
     await new Promise((r) => setTimeout(r, 1100));
     await h.system.sweep.sweepOnce();
     await h.system.sweep.sweepOnce();
@@ -104,8 +105,11 @@ describe('runtime events in the outbox', () => {
     expect(expired).toHaveLength(1);
     expect(expired[0]).toMatchObject({
       scope: t.scope('workspace:prod'),
-      actor: { type: 'scheduler' },
+      actor: { type: 'system' },
       data: { reservation_id: rid, unit: USD, estimated_amount: 300, ttl_ms: 1000, extensions_used: 0 } });
+    // expired_at is the reservation's deadline (as the reference reports it), ISO-8601 like created_at.
+    expect(Date.parse(expired[0].data.expired_at)).toBe(d.expires_at_ms);
+    expect(Date.parse(expired[0].data.created_at)).toBe(d.created_at_ms);
   });
 
   it('a successful reserve, release and plain commit append nothing', async () => {

@@ -9,7 +9,7 @@ import type { Metrics } from '../observability/metrics.js';
 
 declare module 'fastify' {
   interface FastifyRequest {
-    cycles: { requestId: string; traceId: string; auth?: AuthContext };
+    cycles: { requestId: string; traceId: string; traceFlags?: string; auth?: AuthContext };
   }
   interface FastifyContextConfig {
     /** Operation name used in metrics and audit (the protocol's operationId). */
@@ -39,6 +39,13 @@ export function pickTraceId(traceparent: unknown, flat: unknown): string {
   }
   if (typeof flat === 'string' && TRACE_ID.test(flat) && flat !== ZERO_TRACE) return flat;
   return newTraceId();
+}
+
+/** The flags of a valid inbound traceparent whose trace id was adopted; they travel to webhooks. */
+export function inboundTraceFlags(traceparent: unknown, traceId: string): string | undefined {
+  if (typeof traceparent !== 'string') return undefined;
+  const m = TRACEPARENT.exec(traceparent.trim());
+  return m && m[1] === traceId ? m[3] : undefined;
 }
 
 /** Names the field an Ajv error is about, e.g. "body/estimate/amount must be >= 0". */
@@ -115,6 +122,8 @@ export function createBaseApp(opts: BaseAppOptions): FastifyInstance {
   app.addHook('onRequest', async (request, reply) => {
     const traceId = pickTraceId(request.headers.traceparent, request.headers['x-cycles-trace-id']);
     request.cycles = { requestId: String(request.id), traceId };
+    const flags = inboundTraceFlags(request.headers.traceparent, traceId);
+    if (flags !== undefined) request.cycles.traceFlags = flags;
     reply.header('x-request-id', request.cycles.requestId);
     reply.header('x-cycles-trace-id', traceId);
     if (opts.rateLimitSentinels && request.url.startsWith('/v1/')) {
@@ -140,13 +149,18 @@ export function createBaseApp(opts: BaseAppOptions): FastifyInstance {
   // A path served under other methods answers 405 with Allow (admin digest §0.3), not 404.
   const routes: Array<{ pattern: RegExp; methods: string[] }> = [];
   app.addHook('onRoute', (route) => {
-    routes.push({ pattern: routePattern(route.url ?? route.path), methods: ([] as string[]).concat(route.method) });
+    const url = route.url ?? route.path;
+    // A catch-all (the CORS plugin's `OPTIONS *`) would make every unknown path look served.
+    if (url === '*' || url === '/*') return;
+    routes.push({ pattern: routePattern(url), methods: ([] as string[]).concat(route.method) });
   });
 
   app.setNotFoundHandler((request, reply) => {
     const path = request.url.split('?')[0] ?? '';
     const allowed = new Set(routes.filter((r) => r.pattern.test(path)).flatMap((r) => r.methods));
-    if (allowed.size > 0) {
+    // A route of this very method that handed over to not-found (a static file that does not
+    // exist, say) means the resource is missing, not that the method is wrong.
+    if (allowed.size > 0 && !allowed.has(request.method)) {
       const allow = [...allowed].sort().join(', ');
       (reply as unknown as { cyclesOutcome?: string }).cyclesOutcome = 'INVALID_REQUEST';
       reply.header('allow', allow);

@@ -7,6 +7,8 @@ export type AuthContext =
 export interface Correlation {
   requestId: string;
   traceId: string;
+  /** Flags of a valid inbound W3C traceparent (absent: flags 01 on outbound webhooks). */
+  traceFlags?: string;
   /** Groups the events of one logical action (e.g. a bulk action); stamped on each event. */
   correlationId?: string;
 }
@@ -22,4 +24,9 @@ export function hasPermission(permissions: readonly string[], needed: string): b
   if (needed.endsWith(':read') && permissions.includes('admin:read')) return true;
   if (needed.endsWith(':write') && permissions.includes('admin:write')) return true;
   return false;
+}
+
+/** The trace id handed to event-emitting scripts: `<trace id>-<flags>` when a traceparent set flags. */
+export function eventTraceId(corr: Correlation): string {
+  return corr.traceFlags === undefined ? corr.traceId : `${corr.traceId}-${corr.traceFlags}`;
 }

@@ -30,6 +30,8 @@ export const ERROR_STATUS = {
   LIMIT_EXCEEDED: 429,
   INTERNAL_ERROR: 500,
   SERVICE_UNAVAILABLE: 503,
+  EVENT_NOT_FOUND: 404,
+  REPLAY_IN_PROGRESS: 409,
 } as const;
 
 export type ErrorCode = keyof typeof ERROR_STATUS;

@@ -40,7 +40,7 @@ export function tenantOfReservationId(reservationId: string): string | undefined
 
 /** Base for the event ids a script may emit: `evt_<base>` + a per-event suffix added in Lua. */
 export function newEventIdBase(): string {
-  return `evt_${randomHex(10)}`;
+  return `evt_${randomHex(7)}`;
 }
 
 export function newId(prefix: string, bytes = 8): string {

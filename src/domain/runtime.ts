@@ -1,6 +1,6 @@
 import type { RuntimeStore, ScriptOutcome, ReservationRecord } from '../store/runtime-store.js';
 import type { AuthContext, Correlation } from './auth.js';
-import { actorJson } from './auth.js';
+import { actorJson, eventTraceId } from './auth.js';
 import { payloadHash } from './canonical.js';
 import { CyclesError, isErrorCode, type ErrorCode } from './errors.js';
 import { newEventIdBase, newReservationId, tenantOfReservationId, newId } from './ids.js';
@@ -157,7 +157,7 @@ export class RuntimeService {
       minIdempotencyTtlMs: DAY_MS,
       eventIdBase: newEventIdBase(),
       requestId: corr.requestId,
-      traceId: corr.traceId,
+      traceId: eventTraceId(corr),
       actorJson: actorJson(auth),
     });
     const operation = endpoint === 'decide' ? 'decide' : mode === 'dry' ? 'reserve_dry_run' : 'reserve';
@@ -217,7 +217,7 @@ export class RuntimeService {
       metadataJson: body.metadata === undefined ? undefined : JSON.stringify(body.metadata),
       eventIdBase: newEventIdBase(),
       requestId: corr.requestId,
-      traceId: corr.traceId,
+      traceId: eventTraceId(corr),
       actorJson: actorJson(auth),
     });
     if (o.kind !== 'OK' && o.kind !== 'REPLAY') throw refusal(o, body.actual.unit);
@@ -300,7 +300,7 @@ export class RuntimeService {
       scopePath,
       eventIdBase: newEventIdBase(),
       requestId: corr.requestId,
-      traceId: corr.traceId,
+      traceId: eventTraceId(corr),
       actorJson: actorJson(auth),
     });
     if (o.kind !== 'OK' && o.kind !== 'REPLAY') throw refusal(o, body.actual.unit);

@@ -126,7 +126,7 @@ export function parseCidrs(ranges: readonly string[]): BlockList | { error: stri
   return list;
 }
 
-function blocked(list: BlockList, address: string): boolean {
+export function addressBlocked(list: BlockList, address: string): boolean {
   const v4 = ipv4Mapped(address);
   if (v4 !== undefined) return list.check(v4, 'ipv4');
   const family = isIP(address);
@@ -165,7 +165,7 @@ export async function urlProblem(raw: string, config: WebhookSecurityConfig, res
       }
     }
     if (addresses.length === 0) return 'host could not be resolved';
-    if (addresses.some((a) => blocked(list, a))) return 'host resolves to a blocked address range';
+    if (addresses.some((a) => addressBlocked(list, a))) return 'host resolves to a blocked address range';
   }
   if (config.allowed_url_patterns.length > 0 && !config.allowed_url_patterns.some((p) => globToRegExp(p).test(raw))) {
     return 'URL matches no allowed pattern';

@@ -90,7 +90,7 @@ for i, l in ipairs(ledgers) do
   after.remaining = after.allocated - after.spent - after.reserved - after.debt
   redis.call('HSET', l.key, 'spent', fmt(after.spent), 'reserved', fmt(after.reserved),
     'debt', fmt(after.debt), 'over_limit', after.over_limit and '1' or '0')
-  emit_spend_events(KEYS[4], ctx, l.scope, r.unit, l, after)
+  emit_spend_events(KEYS[4], ctx, l.scope, r.unit, l, after, string.match(KEYS[2], '}:r:(.+)$'))
 end
 
 local charged = E + charged_delta

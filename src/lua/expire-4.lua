@@ -41,8 +41,8 @@ for _, rid in ipairs(due) do
     redis.call('PEXPIRE', key, tonumber(ARGV[2]))
     emit(KEYS[3], ctx, 'reservation.expired', 'reservation', r.scope_path, jobj({
       'reservation_id', js(rid), 'scope', js(r.scope_path), 'unit', js(r.unit),
-      'estimated_amount', fmt(r.estimate), 'created_at_ms', fmt(r.created),
-      'expired_at_ms', fmt(now), 'ttl_ms', fmt(r.expires - r.created), 'extensions_used', fmt(r.ext),
+      'estimated_amount', fmt(r.estimate), 'created_at', js(iso_ms(r.created)),
+      'expired_at', js(iso_ms(r.expires)), 'ttl_ms', fmt(r.expires - r.created), 'extensions_used', fmt(r.ext),
     }))
     expired = expired + 1
     redis.call('ZREM', KEYS[2], rid)

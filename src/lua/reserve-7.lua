@@ -37,7 +37,9 @@
 --- @include "common"
 
 local now = now_ms()
-local mode = ARGV[3]
+-- ARGV[3] 'decide' is a dry evaluation whose denial event names the first affected scope.
+local decide = ARGV[3] == 'decide'
+local mode = decide and 'dry' or ARGV[3]
 local estimate = tonumber(ARGV[4])
 local unit = ARGV[5]
 local ctx = {
@@ -74,6 +76,14 @@ local min_idem_ttl = tonumber(ARGV[14])
 local scopes = prefixes(ARGV[12])
 
 local function denied_event(reason, scope, remaining)
+  -- The event names the request's scope path (reserve) or the first affected scope (decide),
+  -- as the reference runtime does, not the scope that refused.
+  if decide then
+    scope = scopes[1]
+    remaining = nil
+  else
+    scope = ARGV[12]
+  end
   emit(KEYS[6], ctx, 'reservation.denied', 'reservation', scope, jobj({
     'scope', js(scope), 'reason_code', js(reason), 'requested_amount', fmt(estimate),
     'unit', js(unit), 'remaining', remaining and fmt(remaining) or nil,

@@ -193,4 +193,40 @@ export class Keys {
   outboxNotifyChannel(): string {
     return `${this.prefix}:outbox-notify`;
   }
+
+  // --- auth-failure throttle ---
+  //   P:authfail:<ip>:<window>   string  failed authentications of one client IP in one fixed
+  //                                      60 s window (window = floor(epoch ms / 60000)); INCR +
+  //                                      PEXPIRE to the window's end (ADR 0016)
+  // Cross-tenant (the client is not yet known), so it carries no tenant hash tag; every command
+  // touches this one key alone.
+
+  authFailures(ip: string, window: number): string {
+    return `${this.prefix}:authfail:${ip}:${window}`;
+  }
+
+  // --- tenant close cascade ---
+  // Progress of a tenant's close cascade (ADR 0015), in the tenant's slot:
+  //   P:{t}:cascade            hash    correlation_id of the originating close, state, timestamps
+  //   P:{t}:cascade:released   hash    "scope|unit" -> amount already returned to that ledger by
+  //                                    releasing its reservations (summed into the aggregate event)
+  //   P:{t}:cascade:keys       hash    key_id -> 'pending:<prior status>' | 'done' | 'skipped'
+  // And one cross-tenant index, outside every tenant script:
+  //   P:cascade:pending        zset    tenant ids whose cascade has not finished, score = start ms
+
+  cascadeState(tenantId: string): string {
+    return `${this.tenantPrefix(tenantId)}cascade`;
+  }
+
+  cascadeReleased(tenantId: string): string {
+    return `${this.tenantPrefix(tenantId)}cascade:released`;
+  }
+
+  cascadeKeys(tenantId: string): string {
+    return `${this.tenantPrefix(tenantId)}cascade:keys`;
+  }
+
+  cascadePending(): string {
+    return `${this.prefix}:cascade:pending`;
+  }
 }

@@ -120,7 +120,7 @@ export class RuntimeStore {
       ...c.scopes.map((s) => k.budget(t, s, c.unit)),
     ];
     const args = [
-      c.reservationId, c.payloadHash, c.mode, String(c.estimate), c.unit,
+      c.reservationId, c.payloadHash, c.endpoint === 'decide' ? 'decide' : c.mode, String(c.estimate), c.unit,
       c.ttlMs === undefined ? '' : String(c.ttlMs), String(c.graceMs), c.overagePolicy ?? '',
       c.subjectJson, c.actionJson, c.metadataJson ?? '', c.scopePath, c.idempotencyKey,
       String(c.minIdempotencyTtlMs), c.eventIdBase, c.requestId, c.traceId, c.actorJson, t,
@@ -189,7 +189,7 @@ export class RuntimeStore {
     const reply = await this.scripts.run(
       'expire',
       [k.tenant(tenantId), k.expiryIndex(tenantId), k.outbox(tenantId), k.reservationIndex(tenantId)],
-      [String(batchSize), String(this.retentionMs), eventIdBase, '{"type":"scheduler"}', tenantId, String(cutoff)],
+      [String(batchSize), String(this.retentionMs), eventIdBase, '{"type":"system"}', tenantId, String(cutoff)],
     );
     return { expired: Number(reply[0]), more: Number(reply[1]) === 1 };
   }

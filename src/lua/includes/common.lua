@@ -18,6 +18,26 @@ local function num(v)
   return tonumber(v) or 0
 end
 
+-- ISO-8601 UTC text of an epoch-ms instant (days-to-civil conversion, proleptic Gregorian).
+local function iso_ms(ms)
+  local secs = math.floor(ms / 1000)
+  local frac = ms - secs * 1000
+  local days = math.floor(secs / 86400)
+  local rem = secs - days * 86400
+  local z = days + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+  local y = yoe + era * 400
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local d = doy - math.floor((153 * mp + 2) / 5) + 1
+  local m = mp < 10 and mp + 3 or mp - 9
+  if m <= 2 then y = y + 1 end
+  return string.format('%04d-%02d-%02dT%02d:%02d:%02d.%03dZ', y, m, d,
+    math.floor(rem / 3600), math.floor((rem % 3600) / 60), rem % 60, frac)
+end
+
 local function js(s)
   return cjson.encode(s)
 end
@@ -78,10 +98,19 @@ local function load_ledger(key)
 end
 
 -- Appends one event to the tenant outbox. The relay turns it into a stored event and deliveries.
+-- ctx.trace_id is '<32 hex>' or '<32 hex>-<2 hex>' when the request carried a valid traceparent
+-- (its flags then travel to the webhook traceparent). The first event of a script run also
+-- publishes the tenant id on '<prefix>:outbox-notify' so a relay picks the outbox up at once.
 local event_seq = 0
 local function emit(outbox, ctx, event_type, category, scope, data_json)
   event_seq = event_seq + 1
   local event_id = ctx.event_base .. string.format('%02x', event_seq)
+  local trace_id, trace_flags, inbound = ctx.trace_id or '', nil, nil
+  if #trace_id == 35 then
+    trace_flags = string.sub(trace_id, 34, 35)
+    trace_id = string.sub(trace_id, 1, 32)
+    inbound = 'true'
+  end
   local parts = {
     'event_id', js(event_id),
     'event_type', js(event_type),
@@ -90,21 +119,28 @@ local function emit(outbox, ctx, event_type, category, scope, data_json)
     'tenant_id', js(ctx.tenant),
     'scope', scope and js(scope) or nil,
     'actor', ctx.actor,
-    'source', js(ctx.source or 'cycles-runtime'),
+    'source', js(ctx.source or 'cycles-server'),
     'data', data_json,
     'correlation_id', (ctx.correlation_id and ctx.correlation_id ~= '') and js(ctx.correlation_id) or nil,
     'request_id', ctx.request_id ~= '' and js(ctx.request_id) or nil,
-    'trace_id', ctx.trace_id ~= '' and js(ctx.trace_id) or nil,
+    'trace_id', trace_id ~= '' and js(trace_id) or nil,
+    'trace_flags', trace_flags and js(trace_flags) or nil,
+    'traceparent_inbound_valid', inbound,
   }
+  if event_seq == 1 then
+    local prefix = string.match(outbox, '^(.-):{')
+    if prefix then redis.call('PUBLISH', prefix .. ':outbox-notify', ctx.tenant) end
+  end
   redis.call('XADD', outbox, '*', 'event', jobj(parts))
   return event_id
 end
 
 -- Budget-state events that follow a spend (commit or direct event) on one ledger.
-local function emit_spend_events(outbox, ctx, scope, unit, before, after)
+local function emit_spend_events(outbox, ctx, scope, unit, before, after, reservation_id)
   if after.debt > before.debt then
     emit(outbox, ctx, 'budget.debt_incurred', 'budget', scope, jobj({
-      'scope', js(scope), 'unit', js(unit), 'debt_incurred', fmt(after.debt - before.debt),
+      'scope', js(scope), 'unit', js(unit), 'reservation_id', reservation_id and js(reservation_id) or 'null',
+      'debt_incurred', fmt(after.debt - before.debt),
       'total_debt', fmt(after.debt), 'overdraft_limit', fmt(after.overdraft_limit),
     }))
   end
