@@ -11,6 +11,7 @@ import { apiDocs, DEFAULT_DOCS, type DocsSettings } from './plugins/docs.js';
 import { healthRoutes } from './routes/health.js';
 import { reservationRoutes } from './routes/reservations.js';
 import { runtimeMiscRoutes } from './routes/runtime-misc.js';
+import { publicRoutes } from './routes/public.js';
 
 export interface RuntimeDeps {
   runtime: RuntimeService;
@@ -53,6 +54,7 @@ export async function buildRuntimeApp(opts: RuntimeAppOptions): Promise<FastifyI
   const deps: RuntimeDeps = { runtime: opts.runtime, listing: opts.listing, audit: opts.audit, hooks };
   await app.register(async (scope) => reservationRoutes(scope, deps));
   await app.register(async (scope) => runtimeMiscRoutes(scope, deps));
+  await app.register(async (scope) => publicRoutes(scope));
   await app.register(async (scope) =>
     healthRoutes(scope, { pingRedis: opts.pingRedis, metricsSource: opts.metricsSource, metricsAuth: hooks.admin() }));
   return app;
