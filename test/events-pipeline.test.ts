@@ -260,6 +260,24 @@ describe('events pipeline: delivery, retries, auto-disable', () => {
     await h.system.pipelineStore.redis.del(h.system.keys.replayLock(t.id, id));
   });
 
+  it('the target is checked again at delivery time: a host in a blocked range is refused without a POST', async () => {
+    const t = await createTenant(h);
+    const { id } = await subscribe(h, t, rx.url, { retry_policy: { max_retries: 0 } });
+    const put = (cfg: Record<string, unknown>) => h.admin.inject({ method: 'PUT', url: '/v1/admin/config/webhook-security', headers: adminHeaders, payload: cfg });
+    expect((await put({ allow_http: true, blocked_cidr_ranges: ['127.0.0.0/8'], allowed_url_patterns: [] })).statusCode).toBe(200);
+    try {
+      await sleep(2100); // the delivery worker caches the security config for 2 s
+      await deny(t);
+      const failed = await until(async () => (await deliveries(h, id)).find((x) => x.status === 'FAILED'), 5000, 'refused delivery');
+      expect(failed.error_message).toMatch(/blocked address range/);
+      expect(failed.response_status).toBe(0);
+      expect(rx.got.filter((g) => g.json.tenant_id === t.id)).toHaveLength(0);
+    } finally {
+      await allowLoopback(h);
+      await sleep(2100);
+    }
+  });
+
   it('bull-board at /admin/queues: Basic challenge without the key, every queue and scheduler with it', async () => {
     const anon = await h.admin.inject({ method: 'GET', url: '/admin/queues' });
     expect(anon.statusCode).toBe(401);

@@ -68,10 +68,11 @@ export function postWebhook(rawUrl: string, body: string, headers: Record<string
   const elapsed = () => Number((process.hrtime.bigint() - started) / 1_000_000n);
   return new Promise((resolve) => {
     let settled = false;
+    let total: NodeJS.Timeout | undefined;
     const done = (r: TransportResult) => {
       if (settled) return;
       settled = true;
-      clearTimeout(total);
+      if (total) clearTimeout(total);
       resolve(r);
     };
     let url: URL;
@@ -108,7 +109,7 @@ export function postWebhook(rawUrl: string, body: string, headers: Record<string
       done({ status: 0, elapsedMs: elapsed(), error: (err as Error).message });
       return;
     }
-    const total = setTimeout(() => {
+    total = setTimeout(() => {
       req.destroy(new Error(`Request timed out after ${opts.timeoutMs} ms`));
     }, opts.timeoutMs);
     req.on('socket', (socket) => {

@@ -87,6 +87,9 @@ export class DeliveryProcessor {
   /** A 'deliver' job: one attempt; a retry is a thrown RetryLater after the delay is stored on the job. */
   async process(job: Job<DeliveryJobData>): Promise<string> {
     const r = await this.attempt(job.data);
+    // A delivery that ended FAILED fails its job for good, so it shows in bull-board's failed list
+    // (re-deliver with replay: retrying the job finds a FAILED record and does nothing).
+    if (r.result.startsWith('failed: ')) throw new UnrecoverableError(r.result.slice('failed: '.length));
     if (r.retryDelayMs === undefined) return r.result;
     await job.updateData({ ...job.data, retryDelayMs: r.retryDelayMs });
     throw new RetryLater(`${r.result}; retry in ${r.retryDelayMs} ms`);
@@ -129,7 +132,7 @@ export class DeliveryProcessor {
     const upstream = async (errorMessage: string, reason?: string): Promise<string> => {
       if (reason) metrics.failed.inc({ tenant: reason === 'subscription_inactive' ? tenant : 'UNKNOWN', event_type: eventType, reason });
       await store.recordAttempt(owner, subscriptionId, deliveryId, { ...base, outcome: 'FAIL_UPSTREAM', attempted: false, nowIso: new Date().toISOString(), errorMessage });
-      return 'failed';
+      return `failed: ${errorMessage}`;
     };
 
     const attemptedAt = Number(rec.attempted_at_ms ?? Date.now());
@@ -213,7 +216,7 @@ export class DeliveryProcessor {
         const threshold = Number(sub.disable_after_failures ?? DEFAULT_DISABLE_AFTER_FAILURES);
         logger.warn({ subscription: subscriptionId, threshold }, `Subscription ${subscriptionId} auto-disabled after ${threshold} consecutive failures`);
       }
-      return 'failed';
+      return `failed: ${errorMessage}`;
     }
     const delay = retryDelayMs(policy, attempts);
     const reply = await store.recordAttempt(owner, subscriptionId, deliveryId, {
