@@ -425,6 +425,16 @@ describe('events pipeline: expiry sweep and reconciliation', () => {
       await h.system.redis.hincrby(ledgerKey, 'reserved', 7);
       expect((await svc.auditLedgers()).drift).toBe(1);
       expect(await h.system.redis.hget(ledgerKey, 'reserved')).toBe('107');
+      // The explicit, audited repair sets reserved back to the sum of the ACTIVE holds.
+      const scope = encodeURIComponent(`tenant:${t.id}/workspace:prod`);
+      const fix = await h.admin.inject({ method: 'POST', url: `/v1/admin/budgets/reconcile-reserved?tenant_id=${t.id}&scope=${scope}&unit=USD_MICROCENTS`, headers: adminHeaders });
+      expect(fix.statusCode, fix.body).toBe(200);
+      expect(json(fix)).toMatchObject({ previous_reserved: 107, reserved: 100, changed: true });
+      expect((await svc.auditLedgers()).drift).toBe(0);
+      const audited = await h.admin.inject({ method: 'GET', url: `/v1/admin/audit/logs?tenant_id=${t.id}&operation=reconcileBudgetReserved`, headers: adminHeaders });
+      expect(json(audited).logs).toHaveLength(1);
+      const missing = await h.admin.inject({ method: 'POST', url: `/v1/admin/budgets/reconcile-reserved?tenant_id=${t.id}&scope=${scope}&unit=TOKENS`, headers: adminHeaders });
+      expect(missing.statusCode).toBe(404);
 
       // A delivery record with no job (as after a crash between relay steps), older than the grace.
       const { id } = await subscribe(h, t, rx.url);

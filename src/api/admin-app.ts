@@ -15,6 +15,7 @@ import { adminBulkRoutes } from './routes/admin-bulk.js';
 import { adminWebhookRoutes } from './routes/admin-webhooks.js';
 import { adminEventRoutes } from './routes/admin-events.js';
 import { adminWebhookOpsRoutes } from './routes/admin-webhook-ops.js';
+import { adminReconcileRoutes } from './routes/admin-reconcile.js';
 import type { WebhookOps } from '../domain/webhook-ops.js';
 import type { Queue } from 'bullmq';
 import { queueConsole } from './plugins/queue-console.js';
@@ -66,6 +67,7 @@ export async function buildAdminApp(opts: AdminAppOptions): Promise<FastifyInsta
   await app.register(async (scope) => adminBulkRoutes(scope, deps));
   await app.register(async (scope) => adminWebhookRoutes(scope, deps));
   await app.register(async (scope) => adminEventRoutes(scope, deps));
+  await app.register(async (scope) => adminReconcileRoutes(scope, deps));
   if (opts.queues) await queueConsole(app, hooks, opts.queues());
   const ops = opts.webhookOps;
   if (ops) await app.register(async (scope) => adminWebhookOpsRoutes(scope, deps, ops));

@@ -160,6 +160,17 @@ export class PipelineStore {
     return { kind: 'RECORDED', status: first, attempts: Number(reply[1]), disabled: reply[2] === 'DISABLED' };
   }
 
+  /** Sets one budget's `reserved` to the sum of its ACTIVE holds (explicit repair; ledger-repair.lua). */
+  async repairReserved(tenantId: string, scope: string, unit: string, maxReservations: number): Promise<
+    { result: 'OK'; before: number; after: number } | { result: 'BUDGET_NOT_FOUND' } | { result: 'SKIPPED'; count: number }
+  > {
+    const k = this.keys;
+    const reply = await this.scripts.run('ledger-repair', [k.tenant(tenantId), k.expiryIndex(tenantId), k.budget(tenantId, scope, unit)], [scope, unit, String(maxReservations)]);
+    if (reply[0] === 'OK') return { result: 'OK', before: Number(reply[1]), after: Number(reply[2]) };
+    if (reply[0] === 'SKIPPED') return { result: 'SKIPPED', count: Number(reply[1]) };
+    return { result: 'BUDGET_NOT_FOUND' };
+  }
+
   /** Deliveries of one subscription still waiting (PENDING/RETRYING), newest first, bounded. */
   async openDeliveries(ownerId: string, subscriptionId: string, max: number): Promise<Record<string, string>[]> {
     const ids = await this.redis.zrevrange(this.keys.subscriptionDeliveries(ownerId, subscriptionId), 0, max - 1);
