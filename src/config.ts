@@ -34,6 +34,10 @@ export interface Config {
   retentionIntervalMs: number;
   /** BullMQ job lock; a killed worker's job is handed to another worker after about this long. */
   jobLockMs: number;
+  /** Audit rows: retention, retention of rows of unauthenticated requests, and the share of those kept. */
+  auditRetentionMs: number;
+  auditUnauthRetentionMs: number;
+  auditUnauthSampleRate: number;
   /** Serve the OpenAPI document (/openapi.json) and Swagger UI (/docs) on the runtime and admin ports. */
   swaggerEnabled: boolean;
   /** Development only: serve /docs and /openapi.json without the admin key. */
@@ -42,6 +46,12 @@ export interface Config {
   dashboardCorsOrigins: string[];
   /** Failed authentications per client IP per minute before the admin plane answers 429; 0 = off. */
   authFailureLimit: number;
+  /** Runtime requests per second per tenant (all its keys), shared through Redis; 0 = off (ADR 0017). */
+  rateLimitTenantPerSecond: number;
+  /** Runtime requests per second per API key; 0 = off. */
+  rateLimitKeyPerSecond: number;
+  /** Bucket capacity in seconds of the rate: a bucket holds rate × burst requests. */
+  rateLimitBurst: number;
 }
 
 type Env = Record<string, string | undefined>;
@@ -85,6 +95,14 @@ function origins(env: Env, name: string, fallback: string): string[] {
     }
   }
   return list;
+}
+
+function fraction(env: Env, name: string, fallback: number): number {
+  const raw = env[name];
+  if (raw === undefined || raw === '') return fallback;
+  const n = Number(raw);
+  if (!Number.isFinite(n) || n < 0 || n > 1) throw new Error(`${name} must be a number in [0, 1], got '${raw}'`);
+  return n;
 }
 
 function str(env: Env, name: string, fallback: string): string {
@@ -131,9 +149,15 @@ export function loadConfig(env: Env = process.env): Config {
     reconcileIntervalMs: int(env, 'CYCLES_RECONCILE_INTERVAL_MS', 30_000, 1000, DAY_MS),
     retentionIntervalMs: int(env, 'RETENTION_CLEANUP_INTERVAL_MS', 3_600_000, 1000, DAY_MS),
     jobLockMs: int(env, 'CYCLES_JOB_LOCK_MS', 30_000, 1000, 600_000),
+    auditRetentionMs: int(env, 'AUDIT_RETENTION_DAYS', 400, 1, 3650) * DAY_MS,
+    auditUnauthRetentionMs: int(env, 'AUDIT_UNAUTH_RETENTION_DAYS', 30, 1, 3650) * DAY_MS,
+    auditUnauthSampleRate: fraction(env, 'AUDIT_SAMPLE_UNAUTHENTICATED', 1),
     swaggerEnabled: bool(env, 'SWAGGER_ENABLED', true),
     docsPublic: bool(env, 'CYCLES_DOCS_PUBLIC', false),
     dashboardCorsOrigins: origins(env, 'DASHBOARD_CORS_ORIGIN', 'http://localhost:5173'),
     authFailureLimit: int(env, 'CYCLES_AUTH_FAILURE_LIMIT', 0, 0, 1_000_000),
+    rateLimitTenantPerSecond: int(env, 'CYCLES_RATE_LIMIT_TENANT_PER_SECOND', 0, 0, 1_000_000),
+    rateLimitKeyPerSecond: int(env, 'CYCLES_RATE_LIMIT_KEY_PER_SECOND', 0, 0, 1_000_000),
+    rateLimitBurst: int(env, 'CYCLES_RATE_LIMIT_BURST', 1, 1, 3600),
   };
 }

@@ -24,6 +24,7 @@ import { AuthFailureStore } from './store/auth-failures.js';
 import { Keys } from './store/keys.js';
 import { createRedis } from './store/redis.js';
 import { RuntimeStore } from './store/runtime-store.js';
+import { RateLimitStore } from './store/rate-limit-store.js';
 import { registerScripts } from './store/scripts.js';
 import { ExpirySweep } from './workers/expiry-sweep.js';
 import type { Redis } from 'ioredis';
@@ -50,11 +51,18 @@ export interface SystemOptions {
   reconcileIntervalMs?: number;
   retentionIntervalMs?: number;
   jobLockMs?: number;
+  auditRetentionMs?: number;
+  auditUnauthRetentionMs?: number;
+  auditUnauthSampleRate?: number;
   /** API docs, dashboard CORS and auth-failure throttle (config.ts; ADR 0016); absent = documented default. */
   swaggerEnabled?: boolean;
   docsPublic?: boolean;
   dashboardCorsOrigins?: string[];
   authFailureLimit?: number;
+  /** Runtime rate limits (config.ts; ADR 0017); absent = 0 (off), burst 1. */
+  rateLimitTenantPerSecond?: number;
+  rateLimitKeyPerSecond?: number;
+  rateLimitBurst?: number;
   /** Where /actuator/prometheus gets its text; defaults to this process's registry. */
   metricsSource?: () => Promise<{ text: string; contentType: string }>;
 }
@@ -122,13 +130,23 @@ export async function createSystem(opts: SystemOptions): Promise<System> {
   const authenticator = new Authenticator(adminStore, opts.adminApiKey, opts.authCacheTtlMs);
   const docs = { enabled: opts.swaggerEnabled ?? true, public: opts.docsPublic ?? false };
   const authThrottle = { limit: opts.authFailureLimit ?? 0, counter: new AuthFailureStore(redis, keys) };
+  const rateLimit = {
+    tenantPerSecond: opts.rateLimitTenantPerSecond ?? 0,
+    keyPerSecond: opts.rateLimitKeyPerSecond ?? 0,
+    burst: opts.rateLimitBurst ?? 1,
+    limiter: new RateLimitStore(scripts, keys),
+    onLimited: (scope: 'tenant' | 'key') => metrics.rateLimited.inc({ scope }),
+  };
   await subscriber.subscribe(keys.authInvalidationChannel());
   subscriber.on('message', (_channel: string, keyId: string) => authenticator.invalidate(keyId));
   // After a reconnect, invalidations may have been missed: start from an empty cache.
   subscriber.on('ready', () => authenticator.invalidate('*'));
 
   const webhookSecretKey = webhookKey(opts);
-  const audit = new AuditLog(adminStore, undefined, (err) => opts.logger.warn({ err }, 'audit write failed'));
+  const audit = new AuditLog(adminStore, opts.auditRetentionMs, (err) => opts.logger.warn({ err }, 'audit write failed'), {
+    retentionMs: opts.auditUnauthRetentionMs ?? 30 * 86_400_000,
+    sampleRate: opts.auditUnauthSampleRate ?? 1,
+  });
   const runtime = new RuntimeService(runtimeStore, { decision: (operation, decision) => metrics.decisions.inc({ operation, decision }) });
   const listing = new ListingService(runtimeStore);
   const admin = new AdminService(adminStore);
@@ -173,6 +191,7 @@ export async function createSystem(opts: SystemOptions): Promise<System> {
       retentionIntervalMs: opts.retentionIntervalMs ?? 3_600_000,
       deliveryConcurrency: opts.deliveryConcurrency ?? 32,
       lockDurationMs: opts.jobLockMs ?? 30_000,
+      audit: { retentionMs: audit.retentionMs, unauthRetentionMs: audit.unauth.retentionMs },
       finishCascades: async () => {
         // Cascades still pending a minute after they started were interrupted: finish them.
         const stale = await redis.zrangebyscore(keys.cascadePending(), '-inf', Date.now() - CASCADE_RESUME_AFTER_MS, 'LIMIT', 0, 100);
@@ -229,7 +248,7 @@ export async function createSystem(opts: SystemOptions): Promise<System> {
     startEventsService,
     queues,
     buildRuntimeApp: () =>
-      buildRuntimeApp({ logger: opts.logger, bodyLimitBytes: opts.bodyLimitBytes, metrics, metricsSource, authenticator, runtime, listing, audit, pingRedis, docs }),
+      buildRuntimeApp({ logger: opts.logger, bodyLimitBytes: opts.bodyLimitBytes, metrics, metricsSource, authenticator, runtime, listing, audit, pingRedis, docs, rateLimit }),
     buildAdminApp: () =>
       buildAdminApp({
         logger: opts.logger,

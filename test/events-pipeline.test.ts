@@ -515,3 +515,50 @@ describe('events pipeline: a killed worker', () => {
     }
   }, 60_000);
 });
+
+describe('events pipeline: retention', () => {
+  it('trims event, delivery and audit index entries older than their retention, and keeps recent ones', async () => {
+    const h = await startHarness({ keyPrefix: `cyevt${randomBytes(2).toString('hex')}`, expiryIntervalMs: 60_000, events: { eventTtlMs: 86_400_000, deliveryTtlMs: 86_400_000, auditRetentionMs: 86_400_000, auditUnauthRetentionMs: 3_600_000 } });
+    try {
+      const svc = await h.system.startEventsService();
+      const k = h.system.keys;
+      const r = h.system.redis;
+      const old = Date.now() - 2 * 86_400_000;
+      const t = await createTenant(h);
+      await r.zadd(k.tenantEvents(t.id), old, 'evt_old', Date.now(), 'evt_new');
+      await r.zadd(k.allEvents(), old, 'evt_old');
+      await r.zadd(k.auditIndex(t.id), old, 'log_old', Date.now(), 'log_new');
+      await r.zadd(k.auditIndex('__unauth__'), Date.now() - 7_200_000, 'log_unauth_old', Date.now(), 'log_unauth_new');
+      const sub = `whsub_${t.id}_${randomBytes(8).toString('hex')}`;
+      await r.zadd(k.webhookRegistry(), 0, sub);
+      await r.zadd(k.subscriptionDeliveries(t.id, sub), old, 'del_old', Date.now(), 'del_new');
+      expect(await svc.retentionOnce()).toBeGreaterThanOrEqual(5);
+      const kept = await r.zrange(k.tenantEvents(t.id), 0, -1);
+      expect(kept).toContain('evt_new');
+      expect(kept).not.toContain('evt_old');
+      expect(await r.zscore(k.allEvents(), 'evt_old')).toBeNull();
+      expect(await r.zrange(k.auditIndex(t.id), 0, -1)).toContain('log_new');
+      expect(await r.zrange(k.auditIndex(t.id), 0, -1)).not.toContain('log_old');
+      expect(await r.zrange(k.auditIndex('__unauth__'), 0, -1)).toEqual(['log_unauth_new']);
+      expect(await r.zrange(k.subscriptionDeliveries(t.id, sub), 0, -1)).toEqual(['del_new']);
+      await r.zrem(k.webhookRegistry(), sub);
+    } finally {
+      await h.close();
+    }
+  });
+
+  it('AUDIT_SAMPLE_UNAUTHENTICATED 0 writes no row for a request without credentials; authenticated failures are always kept', async () => {
+    const h = await startHarness({ keyPrefix: `cyeva${randomBytes(2).toString('hex')}`, events: { auditUnauthSampleRate: 0 } });
+    try {
+      expect((await h.admin.inject({ method: 'GET', url: '/v1/admin/tenants' })).statusCode).toBe(401);
+      expect((await h.admin.inject({ method: 'GET', url: '/v1/admin/tenants/nope-nope', headers: adminHeaders })).statusCode).toBe(404);
+      await sleep(100);
+      const unauth = await h.admin.inject({ method: 'GET', url: '/v1/admin/audit/logs?tenant_id=__unauth__', headers: adminHeaders });
+      expect(json(unauth).logs).toEqual([]);
+      const adminRows = await h.admin.inject({ method: 'GET', url: '/v1/admin/audit/logs?tenant_id=__admin__', headers: adminHeaders });
+      expect((json(adminRows).logs as any[]).some((l) => l.status === 404)).toBe(true);
+    } finally {
+      await h.close();
+    }
+  });
+});

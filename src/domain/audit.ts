@@ -157,14 +157,21 @@ export function failureAuditEntry(r: FailedRequest): { entry: Omit<AuditEntry, '
 export class AuditLog {
   constructor(
     private readonly store: AdminStore,
-    private readonly retentionMs: number = 400 * DAY_MS,
+    readonly retentionMs: number = 400 * DAY_MS,
     private readonly onWriteError: (err: unknown) => void = () => {},
+    /** Rows of requests that failed before authentication: their retention and the share kept. */
+    readonly unauth: { retentionMs: number; sampleRate: number } = { retentionMs: UNAUTH_RETENTION_MS, sampleRate: 1 },
+    private readonly random: () => number = Math.random,
   ) {}
 
   async write(entry: Omit<AuditEntry, 'log_id' | 'timestamp'>, nowMs: number = Date.now(), ttlMs?: number): Promise<void> {
+    const unauthenticated = entry.tenant_id === '__unauth__';
+    // Sampling bounds what an unauthenticated flood can write; a rate of 1 keeps every row.
+    if (unauthenticated && this.unauth.sampleRate < 1 && this.random() >= this.unauth.sampleRate) return;
     const full: AuditEntry = { log_id: newId('log', 8), timestamp: new Date(nowMs).toISOString(), ...entry };
+    const limit = unauthenticated ? Math.min(this.unauth.retentionMs, this.retentionMs) : this.retentionMs;
     try {
-      await this.store.writeAudit(full.log_id, full.tenant_id, nowMs, JSON.stringify(full), Math.min(ttlMs ?? this.retentionMs, this.retentionMs));
+      await this.store.writeAudit(full.log_id, full.tenant_id, nowMs, JSON.stringify(full), Math.min(ttlMs ?? limit, limit));
     } catch (err) {
       this.onWriteError(err);
     }

@@ -31,6 +31,8 @@ export interface EventsServiceOptions {
   deliveryConcurrency: number;
   /** How long a worker's job lock lasts; a killed worker's job is retried after about this long. */
   lockDurationMs: number;
+  /** Audit retention, so the retention job trims the audit indexes past it. */
+  audit?: { retentionMs: number; unauthRetentionMs: number };
   /** Finishes tenant close cascades left unfinished (ADR 0015); returns how many were finished. */
   finishCascades?: () => Promise<number>;
 }
@@ -279,6 +281,19 @@ export class EventsService {
       const owner = ownerOfSubscriptionId(sub);
       if (owner === undefined) continue;
       removed += Number(await store.redis.zremrangebyscore(k.subscriptionDeliveries(owner, sub), '-inf', `(${deliveryCutoff}`));
+    }
+    // Audit rows expire by TTL; their index entries are trimmed here (one index per tenant,
+    // plus the cross-tenant, admin and unauthenticated ones).
+    const audit = this.opts.audit;
+    if (audit) {
+      const trim = (index: string, retentionMs: number) => store.redis.zremrangebyscore(k.auditIndex(index), '-inf', `(${now - retentionMs}`);
+      removed += Number(await trim('_all', audit.retentionMs));
+      removed += Number(await trim('__admin__', audit.retentionMs));
+      removed += Number(await trim('__unauth__', Math.min(audit.unauthRetentionMs, audit.retentionMs)));
+      for await (const page of this.tenants()) {
+        const counts = await Promise.all(page.map((t) => trim(t, audit.retentionMs)));
+        removed += counts.reduce((a, b) => a + Number(b), 0);
+      }
     }
     return removed;
   }
