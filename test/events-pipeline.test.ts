@@ -562,3 +562,34 @@ describe('events pipeline: retention', () => {
     }
   });
 });
+
+describe('events pipeline: metrics', () => {
+  it('delivery counters carry the tenant label, and none does with CYCLES_METRICS_TENANT_TAG_ENABLED=false', async () => {
+    const rx = new Receiver();
+    await rx.start();
+    const scrape = async (h: Harness) =>
+      (await h.runtime.inject({ method: 'GET', url: '/actuator/prometheus', headers: adminHeaders })).body.split('\n').filter((l) => l.startsWith('cycles_webhook_'));
+    for (const tag of [true, false]) {
+      const h = await startHarness({ keyPrefix: `cyevm${randomBytes(2).toString('hex')}`, ...FAST, events: { ...FAST.events, metricsTenantTag: tag } });
+      try {
+        await h.system.startEventsService();
+        await allowLoopback(h);
+        const t = await createTenant(h);
+        await subscribe(h, t, rx.url);
+        await deny(t);
+        await rx.waitFor(1, (g) => g.json.tenant_id === t.id);
+        const lines = await until(async () => {
+          const l = await scrape(h);
+          return l.some((x) => x.startsWith('cycles_webhook_delivery_success_total{')) ? l : undefined;
+        }, 5000, 'success counter');
+        const attempts = lines.find((l) => l.startsWith('cycles_webhook_delivery_attempts_total{'));
+        expect(attempts).toBeDefined();
+        if (tag) expect(attempts).toContain(`tenant="${t.id}"`);
+        else expect(lines.filter((l) => l.includes('tenant='))).toEqual([]);
+      } finally {
+        await h.close();
+      }
+    }
+    await rx.close();
+  });
+});

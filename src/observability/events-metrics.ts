@@ -19,27 +19,43 @@ export class EventsMetrics {
   readonly drift: Gauge<'check'>;
   readonly reconciled: Counter<'check' | 'action'>;
 
-  constructor(registry: Registry, queueCounts?: () => Promise<Record<string, Record<string, number>>>) {
+  /** The label set to record: without `tenant` when the tenant tag is off. */
+  labels<T extends { tenant?: string }>(l: T): T {
+    if (this.tenantTag) return l;
+    const { tenant: _omit, ...rest } = l;
+    return rest as T;
+  }
+
+  /**
+   * With `tenantTag` false (CYCLES_METRICS_TENANT_TAG_ENABLED=false) no series carries a `tenant`
+   * label, for scrape paths shared with people who must not see tenant ids.
+   */
+  constructor(
+    registry: Registry,
+    queueCounts?: () => Promise<Record<string, Record<string, number>>>,
+    private readonly tenantTag = true,
+  ) {
     const registers = [registry];
-    this.attempts = new Counter({ name: 'cycles_webhook_delivery_attempts_total', help: 'Webhook POSTs started', labelNames: ['tenant', 'event_type'], registers });
+    const names = <T extends string>(...l: T[]): T[] => (tenantTag ? l : l.filter((x) => x !== 'tenant'));
+    this.attempts = new Counter({ name: 'cycles_webhook_delivery_attempts_total', help: 'Webhook POSTs started', labelNames: names('tenant', 'event_type'), registers });
     this.success = new Counter({
       name: 'cycles_webhook_delivery_success_total', help: 'Webhook deliveries answered with 2xx',
-      labelNames: ['tenant', 'event_type', 'status_code_family'], registers,
+      labelNames: names('tenant', 'event_type', 'status_code_family'), registers,
     });
     this.failed = new Counter({
       name: 'cycles_webhook_delivery_failed_total',
       help: 'Failed delivery attempts (retried or final) and upstream failures, by reason',
-      labelNames: ['tenant', 'event_type', 'reason'], registers,
+      labelNames: names('tenant', 'event_type', 'reason'), registers,
     });
-    this.retried = new Counter({ name: 'cycles_webhook_delivery_retried_total', help: 'Retries scheduled', labelNames: ['tenant', 'event_type'], registers });
-    this.stale = new Counter({ name: 'cycles_webhook_delivery_stale_total', help: 'Deliveries failed unsent for being older than MAX_DELIVERY_AGE_MS', labelNames: ['tenant'], registers });
+    this.retried = new Counter({ name: 'cycles_webhook_delivery_retried_total', help: 'Retries scheduled', labelNames: names('tenant', 'event_type'), registers });
+    this.stale = new Counter({ name: 'cycles_webhook_delivery_stale_total', help: 'Deliveries failed unsent for being older than MAX_DELIVERY_AGE_MS', labelNames: names('tenant'), registers });
     this.autoDisabled = new Counter({
       name: 'cycles_webhook_subscription_auto_disabled_total', help: 'Subscriptions disabled after consecutive failed deliveries',
-      labelNames: ['tenant', 'reason'], registers,
+      labelNames: names('tenant', 'reason'), registers,
     });
     this.latency = new Histogram({
       name: 'cycles_webhook_delivery_latency_seconds', help: 'Webhook round trip by outcome',
-      labelNames: ['tenant', 'event_type', 'outcome'], buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30], registers,
+      labelNames: names('tenant', 'event_type', 'outcome'), buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30], registers,
     });
     this.relayed = new Counter({ name: 'cycles_events_relayed_total', help: 'Outbox entries stored as events', labelNames: ['category'], registers });
     this.relayLag = new Histogram({

@@ -130,7 +130,7 @@ export class DeliveryProcessor {
     const eventType = rec.event_type ?? 'UNKNOWN';
     const base = { eventIdBase: newEventIdBase(), deliveryTraceId: rec.trace_id ?? '' };
     const upstream = async (errorMessage: string, reason?: string): Promise<string> => {
-      if (reason) metrics.failed.inc({ tenant: reason === 'subscription_inactive' ? tenant : 'UNKNOWN', event_type: eventType, reason });
+      if (reason) metrics.failed.inc(metrics.labels({ tenant: reason === 'subscription_inactive' ? tenant : 'UNKNOWN', event_type: eventType, reason }));
       await store.recordAttempt(owner, subscriptionId, deliveryId, { ...base, outcome: 'FAIL_UPSTREAM', attempted: false, nowIso: new Date().toISOString(), errorMessage });
       return `failed: ${errorMessage}`;
     };
@@ -138,7 +138,7 @@ export class DeliveryProcessor {
     const attemptedAt = Number(rec.attempted_at_ms ?? Date.now());
     const age = Date.now() - attemptedAt;
     if (age > this.opts.maxDeliveryAgeMs) {
-      metrics.stale.inc({ tenant: 'UNKNOWN' });
+      metrics.stale.inc(metrics.labels({ tenant: 'UNKNOWN' }));
       return upstream(`Delivery expired: ${Math.floor(age / 3_600_000)}h old (max ${Math.floor(this.opts.maxDeliveryAgeMs / 3_600_000)}h)`);
     }
     const body = await store.event(rec.event_id ?? '');
@@ -180,7 +180,7 @@ export class DeliveryProcessor {
 
     const security = await this.securityConfig();
     const blockList = security.blocked_cidr_ranges.length > 0 ? parseCidrs(security.blocked_cidr_ranges) : undefined;
-    metrics.attempts.inc({ tenant, event_type: eventType });
+    metrics.attempts.inc(metrics.labels({ tenant, event_type: eventType }));
     const result = await postWebhook(sub.url ?? '', body, headers, {
       connectTimeoutMs: this.opts.connectTimeoutMs,
       timeoutMs: this.opts.timeoutMs,
@@ -197,22 +197,22 @@ export class DeliveryProcessor {
       traceId: event.trace_id && TRACE_ID.test(event.trace_id) ? event.trace_id : undefined,
     };
     if (result.status >= 200 && result.status < 300) {
-      metrics.success.inc({ tenant, event_type: eventType, status_code_family: '2xx' });
-      metrics.latency.observe({ tenant, event_type: eventType, outcome: 'success' }, result.elapsedMs / 1000);
+      metrics.success.inc(metrics.labels({ tenant, event_type: eventType, status_code_family: '2xx' }));
+      metrics.latency.observe(metrics.labels({ tenant, event_type: eventType, outcome: 'success' }), result.elapsedMs / 1000);
       await store.recordAttempt(owner, subscriptionId, deliveryId, common);
       return 'delivered';
     }
 
     const reason = failureReason(result.status);
-    metrics.failed.inc({ tenant, event_type: eventType, reason });
-    if (result.elapsedMs > 0) metrics.latency.observe({ tenant, event_type: eventType, outcome: 'failure' }, result.elapsedMs / 1000);
+    metrics.failed.inc(metrics.labels({ tenant, event_type: eventType, reason }));
+    if (result.elapsedMs > 0) metrics.latency.observe(metrics.labels({ tenant, event_type: eventType, outcome: 'failure' }), result.elapsedMs / 1000);
     const errorMessage = result.status > 0 ? `HTTP ${result.status}` : (result.error ?? 'transport error');
     const policy = retryPolicy(sub.retry_policy);
     const attempts = Number(rec.attempts ?? 0) + 1;
     if (attempts > policy.max_retries) {
       const reply = await store.recordAttempt(owner, subscriptionId, deliveryId, { ...common, outcome: 'FAIL', errorMessage });
       if (reply.kind === 'RECORDED' && reply.disabled) {
-        metrics.autoDisabled.inc({ tenant: owner, reason: 'consecutive_failures' });
+        metrics.autoDisabled.inc(metrics.labels({ tenant: owner, reason: 'consecutive_failures' }));
         const threshold = Number(sub.disable_after_failures ?? DEFAULT_DISABLE_AFTER_FAILURES);
         logger.warn({ subscription: subscriptionId, threshold }, `Subscription ${subscriptionId} auto-disabled after ${threshold} consecutive failures`);
       }
@@ -226,7 +226,7 @@ export class DeliveryProcessor {
       nextRetryAtIso: new Date(now.getTime() + delay).toISOString(),
     });
     if (reply.kind !== 'RECORDED') return 'superseded';
-    metrics.retried.inc({ tenant, event_type: eventType });
+    metrics.retried.inc(metrics.labels({ tenant, event_type: eventType }));
     return { result: errorMessage, retryDelayMs: delay };
   }
 }
