@@ -593,3 +593,57 @@ describe('events pipeline: metrics', () => {
     await rx.close();
   });
 });
+
+describe('events pipeline: a relay that crashes midway', () => {
+  it('redoes the batch with the same ids: every event stored once and delivered once', async () => {
+    const { Queue } = await import('bullmq');
+    const { Redis } = await import('ioredis');
+    const { Relay } = await import('../src/workers/relay.js');
+    const { pino } = await import('pino');
+    const prefix = `cyevc${randomBytes(2).toString('hex')}`;
+    const h = await startHarness({ keyPrefix: prefix, ...FAST });
+    const rx = new Receiver();
+    await rx.start();
+    try {
+      await allowLoopback(h);
+      const t = await createTenant(h);
+      const { id } = await subscribe(h, t, rx.url);
+      for (let i = 0; i < 5; i++) await deny(t);
+      // A relay whose queue connection is gone: it stores the events and creates the delivery
+      // records, then fails to enqueue, as a process dying between those steps would.
+      const { freePorts } = await import('./global-setup.js');
+      const [closed] = await freePorts(1);
+      const dead = new Redis(`redis://127.0.0.1:${closed}`, { maxRetriesPerRequest: 0, retryStrategy: () => null });
+      dead.on('error', () => {});
+      const queue = new Queue('deliveries', { connection: dead, prefix: `{${prefix}:q}` });
+      queue.on('error', () => {});
+      const crashed = new Relay({ store: h.system.pipelineStore, deliveries: queue, eventTtlMs: 86_400_000, deliveryTtlMs: 86_400_000, logger: pino({ level: 'silent' }) });
+      await expect(crashed.relayBatch(t.id)).rejects.toThrow();
+      await queue.close().catch(() => {});
+      dead.disconnect();
+      expect(await h.system.pipelineStore.outboxLength(t.id)).toBeGreaterThanOrEqual(5);
+      const half = await deliveries(h, id);
+      expect(half).toHaveLength(5);
+      expect(half.every((d) => d.status === 'PENDING')).toBe(true);
+
+      await h.system.startEventsService();
+      const got = await rx.waitFor(5, (g) => g.json.tenant_id === t.id);
+      await sleep(500);
+      const all = rx.got.filter((g) => g.json.tenant_id === t.id);
+      expect(all).toHaveLength(5);
+      expect(new Set(all.map((g) => g.json.event_id)).size).toBe(5);
+      expect(new Set(got.map((g) => g.json.event_id))).toEqual(new Set(half.map((d) => d.event_id)));
+      const after = await until(async () => {
+        const list = await deliveries(h, id);
+        return list.every((d) => d.status === 'SUCCESS') ? list : undefined;
+      }, 5000, 'all SUCCESS');
+      expect(after.map((d) => d.delivery_id).sort()).toEqual(half.map((d) => d.delivery_id).sort());
+      const events = await h.admin.inject({ method: 'GET', url: `/v1/admin/events?tenant_id=${t.id}&event_type=reservation.denied&limit=100`, headers: adminHeaders });
+      expect(json(events).events).toHaveLength(5);
+      expect(await h.system.pipelineStore.outboxLength(t.id)).toBe(0);
+    } finally {
+      await h.close();
+      await rx.close();
+    }
+  });
+});
