@@ -8,6 +8,7 @@ import type { Metrics } from '../observability/metrics.js';
 import { createBaseApp } from './base.js';
 import { authHooks, type AuthHooks } from './plugins/auth.js';
 import { apiDocs, DEFAULT_DOCS, type DocsSettings } from './plugins/docs.js';
+import { runtimeRateLimit, type RuntimeRateLimitOptions } from './plugins/rate-limit.js';
 import { healthRoutes } from './routes/health.js';
 import { reservationRoutes } from './routes/reservations.js';
 import { runtimeMiscRoutes } from './routes/runtime-misc.js';
@@ -32,6 +33,8 @@ export interface RuntimeAppOptions {
   pingRedis: () => Promise<boolean>;
   /** /openapi.json and /docs (SWAGGER_ENABLED, CYCLES_DOCS_PUBLIC); default on, behind the admin key. */
   docs?: DocsSettings;
+  /** Per-tenant and per-key request limits (ADR 0017); absent or both rates 0 = off. */
+  rateLimit?: RuntimeRateLimitOptions;
 }
 
 /** The runtime plane (:7878). Never listens; the CLI or a test does. */
@@ -45,6 +48,8 @@ export async function buildRuntimeApp(opts: RuntimeAppOptions): Promise<FastifyI
     rateLimitSentinels: true,
   });
   const hooks = authHooks(opts.authenticator, 'UNAUTHORIZED');
+  // With limiting on, the limiter replaces the sentinels with real figures on limited requests.
+  if (opts.rateLimit) runtimeRateLimit(app, opts.rateLimit, app.log);
   // Before any route: the document generator collects routes as they are registered.
   await apiDocs(app, hooks, {
     ...(opts.docs ?? DEFAULT_DOCS),

@@ -14,6 +14,7 @@ export class Metrics {
   readonly decisions: Counter<'operation' | 'decision'>;
   readonly scriptDuration: Histogram<'script' | 'result'>;
   readonly expired: Counter;
+  readonly rateLimited: Counter<'scope'>;
   /** Labelled children by label values, so a request does not re-hash its labels every time. */
   private readonly requestChildren = new Map<string, { count: { inc(): void }; duration: { observe(v: number): void } }>();
 
@@ -48,6 +49,12 @@ export class Metrics {
     this.expired = new Counter({
       name: 'cycles_reservations_expired_total',
       help: 'Reservations expired by the expiry sweep',
+      registers: [this.registry],
+    });
+    this.rateLimited = new Counter({
+      name: 'cycles_rate_limited_total',
+      help: 'Runtime requests refused with 429 by the per-tenant or per-key rate limit, by refusing bucket',
+      labelNames: ['scope'],
       registers: [this.registry],
     });
   }
