@@ -8,6 +8,7 @@ import {
   DEFAULT_WEBHOOK_SECURITY,
   SYSTEM_OWNER,
   ownerOfSubscriptionId,
+  parseCidrs,
   urlProblem,
   type Resolver,
   type SecretCipher,
@@ -100,7 +101,14 @@ export class WebhookOps {
         // An unreadable secret: the probe goes out unsigned, which the receiver will report.
       }
     }
-    const result = await postWebhook(url, body, headers, { connectTimeoutMs: PROBE_CONNECT_TIMEOUT_MS, timeoutMs: PROBE_TIMEOUT_MS });
+    // The probe pins its connection to addresses checked against the block list, as deliveries do.
+    const config = await this.securityConfig();
+    const blockList = config.blocked_cidr_ranges.length > 0 ? parseCidrs(config.blocked_cidr_ranges) : undefined;
+    const result = await postWebhook(url, body, headers, {
+      connectTimeoutMs: PROBE_CONNECT_TIMEOUT_MS,
+      timeoutMs: PROBE_TIMEOUT_MS,
+      blockList: blockList && !('error' in blockList) ? blockList : undefined,
+    });
     const success = result.status >= 200 && result.status < 300;
     const out: Record<string, unknown> = { success, response_time_ms: result.elapsedMs, event_id: eventId };
     if (result.status > 0) out.response_status = result.status;

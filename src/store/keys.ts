@@ -139,7 +139,7 @@ export class Keys {
 
   // --- bulk actions (admin plane) ---
   //   P:bulk:<endpoint>:<key>   string  idempotency claim, then the stored response (JSON),
-  //                                     15-minute TTL; endpoint = tenants-bulk | budgets-bulk
+  //                                     15-minute TTL; endpoint = tenants-bulk | budgets-bulk | webhooks-bulk
   // Cross-tenant (a tenant bulk action spans tenants), so it carries no tenant hash tag; every
   // command touches this one key alone.
 
@@ -157,9 +157,9 @@ export class Keys {
   //   P:events:corr:<correlation_id> set     event ids sharing a correlation id, TTL EVENT_TTL_DAYS
   // A delivery lives in its subscription owner's slot, next to the subscription, so one script
   // updates the delivery and the subscription's failure counters together:
-  //   P:{o}:dl:<delivery_id>         hash    WebhookDelivery fields (+ owner, tenant_id, attempted_at_ms)
+  //   P:{o}:dl:<delivery_id>         hash    WebhookDelivery fields (+ tenant_id of the event, attempted_at_ms)
   //   P:{o}:whd:<subscription_id>    zset    delivery ids of one subscription, score attempted_at ms
-  //   P:{o}:replay:<subscription_id> string  replay lock (one replay at a time per subscription)
+  //   P:{o}:replay:<subscription_id> string  replay lock, held while a replay request selects and enqueues
   //   P:outbox-notify                channel tenant ids whose outbox just received an entry
 
   event(eventId: string): string {
@@ -228,5 +228,20 @@ export class Keys {
 
   cascadePending(): string {
     return `${this.prefix}:cascade:pending`;
+  }
+
+  // --- rate limits ---
+  // Runtime request limits (ADR 0017), in the tenant's slot so one script checks both buckets:
+  //   P:{t}:rl:tenant            string  token-bucket state of tenant t: the epoch microsecond at
+  //                                      which the bucket is full again (GCRA theoretical arrival
+  //                                      time); PEXPIRE to that moment, so an idle bucket vanishes
+  //   P:{t}:rl:key:<key_id>      string  the same for one API key of tenant t
+
+  rateLimitTenant(tenantId: string): string {
+    return `${this.tenantPrefix(tenantId)}rl:tenant`;
+  }
+
+  rateLimitKey(tenantId: string, keyId: string): string {
+    return `${this.tenantPrefix(tenantId)}rl:key:${keyId}`;
   }
 }

@@ -22,42 +22,34 @@ export interface SweepOptions {
 }
 
 /**
- * In-process expiry sweep: every interval, walks the tenant registry and runs the expire script
- * per tenant until nothing is due. Each script call is atomic and idempotent, so several
- * instances sweeping at once cannot expire a reservation twice. (The events service replaces
- * this loop with a BullMQ job scheduler.)
+ * The expiry sweep's pass: walks the tenant registry and runs the expire script per tenant until
+ * nothing is due. The events service runs it as the `expiry` BullMQ job scheduler (every
+ * CYCLES_EXPIRY_INTERVAL_MS, ADR 0014), so a tick runs once across all processes. Each script call
+ * is atomic and idempotent, so overlapping passes cannot expire a reservation twice.
  */
 export class ExpirySweep {
-  private timer: NodeJS.Timeout | undefined;
-  private running: Promise<void> | undefined;
-  private stopped = false;
+  private running: Promise<number> | undefined;
   private passes = 0;
 
   constructor(private readonly opts: SweepOptions) {}
 
-  start(): void {
-    this.stopped = false;
-    const tick = () => {
-      if (this.stopped) return;
-      this.running = this.sweepOnce()
-        .then(() => undefined)
-        .catch((err) => this.opts.logger.warn({ err }, 'expiry sweep failed; will retry next interval'))
-        .finally(() => {
-          this.running = undefined;
-          if (!this.stopped) this.timer = setTimeout(tick, this.opts.intervalMs);
-        });
-    };
-    this.timer = setTimeout(tick, this.opts.intervalMs);
-  }
-
+  /** Waits for a pass in progress (shutdown). */
   async stop(): Promise<void> {
-    this.stopped = true;
-    if (this.timer) clearTimeout(this.timer);
-    await this.running;
+    await this.running?.catch(() => undefined);
   }
 
   /** One full pass over all tenants; returns the number of reservations expired. */
   async sweepOnce(): Promise<number> {
+    const pass = this.pass();
+    this.running = pass;
+    try {
+      return await pass;
+    } finally {
+      if (this.running === pass) this.running = undefined;
+    }
+  }
+
+  private async pass(): Promise<number> {
     let total = 0;
     this.passes += 1;
     const trimPass = this.passes % TRIM_EVERY_PASSES === 1;
