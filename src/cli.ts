@@ -9,7 +9,8 @@ import closeWithGrace from 'close-with-grace';
 import { loadConfig, type Config } from './config.js';
 import { createLogger } from './observability/logger.js';
 import { createSystem, type System } from './system.js';
-import { redactRedisUrl } from './store/redis.js';
+import { buildStandbyApp } from './api/standby-app.js';
+import { checkRedisSettings, describeRedis, waitForRedis, type RedisSpec } from './store/redis.js';
 import type { FastifyInstance } from 'fastify';
 import type { TSchema } from '@sinclair/typebox';
 import { Value } from '@sinclair/typebox/value';
@@ -50,12 +51,72 @@ function portAnswers(host: string, port: number, timeoutMs = 500): Promise<boole
   });
 }
 
+/** Username, password, TLS and db carried by a URL (for Sentinel, whose address comes from the sentinels). */
+function urlCredentials(url: string | undefined): { username?: string; password?: string; tls: boolean; db?: number } {
+  if (!url) return { tls: false };
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    throw new Error('REDIS_URL is not a valid URL');
+  }
+  const db = u.pathname.length > 1 ? Number(u.pathname.slice(1)) : undefined;
+  return {
+    ...(u.username ? { username: decodeURIComponent(u.username) } : {}),
+    ...(u.password ? { password: decodeURIComponent(u.password) } : {}),
+    tls: u.protocol === 'rediss:',
+    ...(db !== undefined && Number.isInteger(db) ? { db } : {}),
+  };
+}
+
 /**
- * REDIS_URL when set; else a Redis on 127.0.0.1:6379 if one answers; else a local redis-server
- * with AOF and noeviction under the data directory; else a clear message on how to get one.
+ * The configured topology (ADR 0018): Sentinel when REDIS_SENTINELS is set, Cluster when
+ * REDIS_CLUSTER_NODES is set, else REDIS_URL; undefined when none is set. REDIS_USERNAME and
+ * REDIS_PASSWORD authenticate to the data nodes (for a standalone URL, only when the URL carries
+ * none); with Sentinel the URL may carry them instead.
  */
-async function resolveRedis(config: Config, log: (msg: string) => void): Promise<string> {
-  if (config.redisUrl) return config.redisUrl;
+function configuredRedis(config: Config): RedisSpec | undefined {
+  const username = config.redisUsername;
+  const password = config.redisPassword;
+  if (config.redisSentinels && config.redisSentinelMaster) {
+    const fromUrl = urlCredentials(config.redisUrl);
+    return {
+      mode: 'sentinel',
+      sentinels: config.redisSentinels,
+      masterName: config.redisSentinelMaster,
+      sentinelPassword: config.redisSentinelPassword,
+      username: username ?? fromUrl.username,
+      password: password ?? fromUrl.password,
+      tls: config.redisTls || fromUrl.tls,
+      db: fromUrl.db,
+    };
+  }
+  if (config.redisClusterNodes) {
+    const fromUrl = urlCredentials(config.redisUrl);
+    return {
+      mode: 'cluster',
+      nodes: config.redisClusterNodes,
+      username: username ?? fromUrl.username,
+      password: password ?? fromUrl.password,
+      tls: config.redisTls || fromUrl.tls,
+    };
+  }
+  if (config.redisUrl) return { mode: 'standalone', url: config.redisUrl, username, password };
+  return undefined;
+}
+
+/**
+ * The configured Redis (REDIS_URL, REDIS_SENTINELS or REDIS_CLUSTER_NODES) when set; else a Redis
+ * on 127.0.0.1:6379 if one answers; else a local redis-server with AOF and noeviction under the
+ * data directory; else a clear message on how to get one.
+ */
+async function resolveRedis(config: Config, log: (msg: string) => void): Promise<RedisSpec> {
+  const configured = configuredRedis(config);
+  if (configured) return configured;
+  return { mode: 'standalone', url: await localRedisUrl(config, log) };
+}
+
+async function localRedisUrl(config: Config, log: (msg: string) => void): Promise<string> {
   if (await portAnswers('127.0.0.1', 6379)) {
     log('REDIS_URL not set; using the Redis answering on 127.0.0.1:6379');
     return 'redis://127.0.0.1:6379';
@@ -119,10 +180,11 @@ const MAX_WORKER_RESTARTS_PER_MINUTE = 10;
  */
 async function startPrimary(which: string, config: Config): Promise<void> {
   const logger = createLogger(config.logLevel);
-  const redisUrl = await resolveRedis(config, (m) => logger.info(m));
+  const redis = await resolveRedis(config, (m) => logger.info(m));
   const aggregator = new AggregatorRegistry();
   const fork = (index: number) => {
-    const worker = cluster.fork({ REDIS_URL: redisUrl, CYCLES_WORKER_INDEX: String(index) });
+    // Workers inherit the environment; a local Redis the primary found or started is passed on.
+    const worker = cluster.fork({ ...(redis.mode === 'standalone' ? { REDIS_URL: redis.url } : {}), CYCLES_WORKER_INDEX: String(index) });
     worker.on('message', (msg: { type?: string; id?: number }) => {
       if (msg?.type !== 'cycles:metrics') return;
       aggregator
@@ -189,16 +251,73 @@ function clusterMetricsSource(): () => Promise<{ text: string; contentType: stri
     });
 }
 
+/** The ports a command serves, by plane. */
+function planePorts(which: string, config: Config): Array<{ plane: string; port: number }> {
+  const out: Array<{ plane: string; port: number }> = [];
+  if (which === 'all' || which === 'runtime') out.push({ plane: 'runtime', port: config.runtimePort });
+  if (which === 'all' || which === 'admin') out.push({ plane: 'admin', port: config.adminPort });
+  if (which === 'all' || which === 'events') out.push({ plane: 'events', port: config.eventsPort });
+  return out;
+}
+
+/**
+ * Startup guards (ADR 0018). Until Redis answers, the service ports answer health DOWN (liveness
+ * UP) and Redis is retried with backoff, so a service started before its Redis neither crash-loops
+ * nor looks healthy. Then the Redis settings are checked: an eviction policy stops the process
+ * (exit 1) unless CYCLES_ALLOW_EVICTION=true; AOF off is a warning.
+ */
+async function waitForCheckedRedis(which: string, config: Config, redis: RedisSpec, logger: ReturnType<typeof createLogger>): Promise<void> {
+  const standby: FastifyInstance[] = [];
+  const stop = new AbortController();
+  const onSignal = () => stop.abort();
+  process.once('SIGTERM', onSignal);
+  process.once('SIGINT', onSignal);
+  const closeStandby = () => Promise.all(standby.splice(0).map((a) => a.close()));
+  try {
+    let probe = await waitForRedis(redis, logger, AbortSignal.timeout(STANDBY_AFTER_MS));
+    if (!probe) {
+      for (const { port } of planePorts(which, config)) {
+        const app = buildStandbyApp(logger);
+        await app.listen({ host: config.host, port });
+        standby.push(app);
+      }
+      logger.warn('serving health DOWN until Redis is reachable');
+      probe = await waitForRedis(redis, logger, stop.signal);
+    }
+    if (!probe) {
+      await closeStandby();
+      process.exit(0);
+    }
+    const verdict = await checkRedisSettings(probe, { allowEviction: config.redisAllowEviction });
+    probe.disconnect();
+    for (const note of verdict.notes) logger[note.level]({ redisNode: note.node }, note.message);
+    if (verdict.refused) {
+      logger.fatal(verdict.refused);
+      process.stderr.write(`cycles: ${verdict.refused}\n`);
+      await closeStandby();
+      process.exit(1);
+    }
+  } finally {
+    await closeStandby();
+    process.removeListener('SIGTERM', onSignal);
+    process.removeListener('SIGINT', onSignal);
+  }
+}
+
+/** How long the first start attempt may wait for Redis before the ports answer health DOWN. */
+const STANDBY_AFTER_MS = 2000;
+
 async function startServices(which: string, config: Config): Promise<void> {
   if (config.workers > 1 && cluster.isPrimary) return startPrimary(which, config);
   const logger = createLogger(config.logLevel);
-  const redisUrl = await resolveRedis(config, (m) => logger.info(m));
-  logger.info({ redis: redactRedisUrl(redisUrl) }, 'connecting to Redis');
+  const redis = await resolveRedis(config, (m) => logger.info(m));
+  logger.info({ redis: describeRedis(redis) }, 'connecting to Redis');
   if (!config.adminApiKey) logger.warn('ADMIN_API_KEY is not set: admin endpoints will answer 500 until it is configured');
   if (!config.webhookSecretEncryptionKey && (which === 'all' || which === 'admin')) logger.warn('WEBHOOK_SECRET_ENCRYPTION_KEY is not set: webhook signing secrets are encrypted with a key derived from ADMIN_API_KEY (rotating the admin key makes stored secrets unreadable)');
+  await waitForCheckedRedis(which, config, redis, logger);
   const system = await createSystem({
     ...config,
-    redisUrl,
+    redis,
     logger,
     ...(cluster.isWorker ? { metricsSource: clusterMetricsSource() } : {}),
   });
@@ -231,8 +350,8 @@ async function startServices(which: string, config: Config): Promise<void> {
 
 async function withSystem<T>(config: Config, fn: (system: System) => Promise<T>): Promise<T> {
   const logger = createLogger(config.logLevel === 'info' ? 'warn' : config.logLevel);
-  const redisUrl = await resolveRedis(config, (m) => process.stderr.write(`${m}\n`));
-  const system = await createSystem({ ...config, redisUrl, logger });
+  const redis = await resolveRedis(config, (m) => process.stderr.write(`${m}\n`));
+  const system = await createSystem({ ...config, redis, logger });
   try {
     return await fn(system);
   } finally {

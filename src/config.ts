@@ -5,6 +5,19 @@
  */
 export interface Config {
   redisUrl: string | undefined;
+  /** Redis topology and credentials (ADR 0018): Sentinel when redisSentinels, Cluster when redisClusterNodes. */
+  redisSentinels: Array<{ host: string; port: number }> | undefined;
+  redisSentinelMaster: string | undefined;
+  redisSentinelPassword: string | undefined;
+  redisClusterNodes: Array<{ host: string; port: number }> | undefined;
+  redisUsername: string | undefined;
+  redisPassword: string | undefined;
+  redisTls: boolean;
+  /** Start even when Redis may evict keys (maxmemory-policy other than noeviction); logged at error level. */
+  redisAllowEviction: boolean;
+  /** Replicas that must acknowledge each script's writes (WAIT) before a request succeeds; 0 = off. */
+  redisWaitReplicas: number;
+  redisWaitTimeoutMs: number;
   adminApiKey: string | undefined;
   host: string;
   runtimePort: number;
@@ -38,6 +51,8 @@ export interface Config {
   auditRetentionMs: number;
   auditUnauthRetentionMs: number;
   auditUnauthSampleRate: number;
+  /** Label webhook metrics with the tenant id (off where scrape paths are shared). */
+  metricsTenantTag: boolean;
   /** Serve the OpenAPI document (/openapi.json) and Swagger UI (/docs) on the runtime and admin ports. */
   swaggerEnabled: boolean;
   /** Development only: serve /docs and /openapi.json without the admin key. */
@@ -105,6 +120,18 @@ function fraction(env: Env, name: string, fallback: number): number {
   return n;
 }
 
+/** A comma-separated `host:port` list (IPv6 hosts in brackets: `[::1]:26379`). */
+function hostPorts(env: Env, name: string): Array<{ host: string; port: number }> | undefined {
+  const raw = env[name];
+  if (raw === undefined || raw.trim() === '') return undefined;
+  return raw.split(',').map((s) => s.trim()).filter((s) => s !== '').map((entry) => {
+    const m = /^(?:\[([^\]]+)\]|([^:\s]+)):(\d{1,5})$/.exec(entry);
+    const port = m ? Number(m[3]) : NaN;
+    if (!m || port < 1 || port > 65535) throw new Error(`${name} must be a comma-separated list of host:port, got '${entry}'`);
+    return { host: (m[1] ?? m[2])!, port };
+  });
+}
+
 function str(env: Env, name: string, fallback: string): string {
   const raw = env[name];
   return raw === undefined || raw === '' ? fallback : raw;
@@ -123,8 +150,24 @@ export function loadConfig(env: Env = process.env): Config {
     throw new Error('WEBHOOK_SECRET_ENCRYPTION_KEY must be the base64 encoding of 32 bytes (e.g. `openssl rand -base64 32`)');
   }
   if (!/^[A-Za-z0-9_.-]{1,32}$/.test(keyPrefix)) throw new Error('CYCLES_KEY_PREFIX must match [A-Za-z0-9_.-]{1,32}');
+  const redisSentinels = hostPorts(env, 'REDIS_SENTINELS');
+  const redisClusterNodes = hostPorts(env, 'REDIS_CLUSTER_NODES');
+  const redisSentinelMaster = env.REDIS_SENTINEL_MASTER || undefined;
+  if (redisSentinels && redisClusterNodes) throw new Error('set REDIS_SENTINELS or REDIS_CLUSTER_NODES, not both');
+  if (redisSentinels && !redisSentinelMaster) throw new Error('REDIS_SENTINELS needs REDIS_SENTINEL_MASTER (the master name the sentinels monitor)');
+  if (redisSentinelMaster && !redisSentinels) throw new Error('REDIS_SENTINEL_MASTER needs REDIS_SENTINELS (host:port of the sentinels)');
   return {
     redisUrl: env.REDIS_URL || undefined,
+    redisSentinels,
+    redisSentinelMaster,
+    redisSentinelPassword: env.REDIS_SENTINEL_PASSWORD || undefined,
+    redisClusterNodes,
+    redisUsername: env.REDIS_USERNAME || undefined,
+    redisPassword: env.REDIS_PASSWORD || undefined,
+    redisTls: bool(env, 'REDIS_TLS', false),
+    redisAllowEviction: bool(env, 'CYCLES_ALLOW_EVICTION', false),
+    redisWaitReplicas: int(env, 'CYCLES_REDIS_WAIT_REPLICAS', 0, 0, 16),
+    redisWaitTimeoutMs: int(env, 'CYCLES_REDIS_WAIT_TIMEOUT_MS', 1000, 10, 60_000),
     adminApiKey: env.ADMIN_API_KEY || undefined,
     host: str(env, 'CYCLES_HOST', '0.0.0.0'),
     runtimePort: int(env, 'CYCLES_RUNTIME_PORT', 7878, 0, 65535),
@@ -132,7 +175,7 @@ export function loadConfig(env: Env = process.env): Config {
     eventsPort: int(env, 'CYCLES_EVENTS_PORT', 7980, 0, 65535),
     keyPrefix,
     expiryIntervalMs: int(env, 'CYCLES_EXPIRY_INTERVAL_MS', 5000, 100, 3_600_000),
-    expiryBatchSize: int(env, 'CYCLES_EXPIRY_BATCH_SIZE', 200, 1, 10_000),
+    expiryBatchSize: int(env, 'CYCLES_EXPIRY_BATCH_SIZE', 50, 1, 10_000),
     reservationRetentionMs: int(env, 'CYCLES_RESERVATION_RETENTION_MS', 30 * DAY_MS, 60_000, 3650 * DAY_MS),
     bodyLimitBytes: int(env, 'CYCLES_BODY_LIMIT_BYTES', 65_536, 1024, 10_485_760),
     authCacheTtlMs: int(env, 'CYCLES_AUTH_CACHE_TTL_MS', 1000, 0, 60_000),
@@ -152,6 +195,7 @@ export function loadConfig(env: Env = process.env): Config {
     auditRetentionMs: int(env, 'AUDIT_RETENTION_DAYS', 400, 1, 3650) * DAY_MS,
     auditUnauthRetentionMs: int(env, 'AUDIT_UNAUTH_RETENTION_DAYS', 30, 1, 3650) * DAY_MS,
     auditUnauthSampleRate: fraction(env, 'AUDIT_SAMPLE_UNAUTHENTICATED', 1),
+    metricsTenantTag: bool(env, 'CYCLES_METRICS_TENANT_TAG_ENABLED', true),
     swaggerEnabled: bool(env, 'SWAGGER_ENABLED', true),
     docsPublic: bool(env, 'CYCLES_DOCS_PUBLIC', false),
     dashboardCorsOrigins: origins(env, 'DASHBOARD_CORS_ORIGIN', 'http://localhost:5173'),

@@ -22,15 +22,20 @@ import { Metrics } from './observability/metrics.js';
 import { AdminStore } from './store/admin-store.js';
 import { AuthFailureStore } from './store/auth-failures.js';
 import { Keys } from './store/keys.js';
-import { createRedis } from './store/redis.js';
+import { createRedis, pingRedis as pingNodes, type RedisClient, type RedisSpec } from './store/redis.js';
 import { RuntimeStore } from './store/runtime-store.js';
 import { RateLimitStore } from './store/rate-limit-store.js';
 import { registerScripts } from './store/scripts.js';
 import { ExpirySweep } from './workers/expiry-sweep.js';
-import type { Redis } from 'ioredis';
 
 export interface SystemOptions {
-  redisUrl: string;
+  /** Where Redis is: a spec (standalone URL, Sentinel or Cluster; ADR 0018), or a plain URL. */
+  redis?: RedisSpec | undefined;
+  /** A standalone URL; used when `redis` is absent. */
+  redisUrl?: string | undefined;
+  /** WAIT for this many replicas after each script (CYCLES_REDIS_WAIT_REPLICAS); 0 = off. */
+  redisWaitReplicas?: number;
+  redisWaitTimeoutMs?: number;
   adminApiKey: string | undefined;
   keyPrefix: string;
   logger: Logger;
@@ -54,6 +59,7 @@ export interface SystemOptions {
   auditRetentionMs?: number;
   auditUnauthRetentionMs?: number;
   auditUnauthSampleRate?: number;
+  metricsTenantTag?: boolean;
   /** API docs, dashboard CORS and auth-failure throttle (config.ts; ADR 0016); absent = documented default. */
   swaggerEnabled?: boolean;
   docsPublic?: boolean;
@@ -69,8 +75,8 @@ export interface SystemOptions {
 
 /** Everything one process needs, wired once: stores, services, apps, the sweep. */
 export interface System {
-  redis: Redis;
-  subscriber: Redis;
+  redis: RedisClient;
+  subscriber: RedisClient;
   keys: Keys;
   metrics: Metrics;
   runtimeStore: RuntimeStore;
@@ -117,14 +123,22 @@ function webhookKey(opts: SystemOptions): Buffer {
   return randomBytes(32);
 }
 
+/** The connection spec of a system: `redis` when given, else the standalone `redisUrl`. */
+function specOf(opts: SystemOptions): RedisSpec {
+  if (opts.redis) return opts.redis;
+  if (opts.redisUrl) return { mode: 'standalone', url: opts.redisUrl };
+  throw new Error('createSystem needs a Redis spec (redis) or a URL (redisUrl)');
+}
+
 export async function createSystem(opts: SystemOptions): Promise<System> {
-  const redis = createRedis(opts.redisUrl, 'cycles', opts.logger);
-  const subscriber = createRedis(opts.redisUrl, 'cycles-sub', opts.logger);
+  const spec = specOf(opts);
+  const redis = createRedis(spec, 'cycles', opts.logger);
+  const subscriber = createRedis(spec, 'cycles-sub', opts.logger);
   const keys = new Keys(opts.keyPrefix);
   const metrics = new Metrics();
   const scripts = registerScripts(redis, (script, seconds, result) => {
     metrics.scriptDuration.observe({ script, result: scriptOutcomeLabel(result) }, seconds);
-  });
+  }, { waitReplicas: opts.redisWaitReplicas ?? 0, waitTimeoutMs: opts.redisWaitTimeoutMs ?? 1000 });
   const runtimeStore = new RuntimeStore(redis, scripts, keys, opts.reservationRetentionMs);
   const adminStore = new AdminStore(redis, scripts, keys);
   const authenticator = new Authenticator(adminStore, opts.adminApiKey, opts.authCacheTtlMs);
@@ -161,11 +175,11 @@ export async function createSystem(opts: SystemOptions): Promise<System> {
   const pipelineStore = new PipelineStore(redis, scripts, keys);
   const cipher = new SecretCipher(webhookSecretKey);
   let eventsService: EventsService | undefined;
-  let producer: { connection: Redis; queues: Queues } | undefined;
+  let producer: { connection: RedisClient; queues: Queues } | undefined;
   const queues = (): Queues => {
     if (eventsService) return eventsService.queues;
     if (!producer) {
-      const connection = bullConnection(opts.redisUrl, 'cycles-queue-producer');
+      const connection = bullConnection(spec, 'cycles-queue-producer');
       producer = { connection, queues: createQueues(connection, opts.keyPrefix) };
     }
     return producer.queues;
@@ -173,14 +187,14 @@ export async function createSystem(opts: SystemOptions): Promise<System> {
   const startEventsService = async (): Promise<EventsService> => {
     if (eventsService) return eventsService;
     const service: EventsService = new EventsService({
-      redisUrl: opts.redisUrl,
+      redis: spec,
       keyPrefix: opts.keyPrefix,
       logger: opts.logger,
       store: pipelineStore,
       scripts,
       cipher,
       sweep,
-      metrics: new EventsMetrics(metrics.registry, () => service.queueCounts()),
+      metrics: new EventsMetrics(metrics.registry, () => service.queueCounts(), opts.metricsTenantTag ?? true),
       eventTtlMs: opts.eventTtlMs ?? 90 * 86_400_000,
       deliveryTtlMs: opts.deliveryTtlMs ?? 14 * 86_400_000,
       maxDeliveryAgeMs: opts.maxDeliveryAgeMs ?? 86_400_000,
@@ -220,17 +234,8 @@ export async function createSystem(opts: SystemOptions): Promise<System> {
   });
   const metricsSource =
     opts.metricsSource ?? (async () => ({ text: await metrics.registry.metrics(), contentType: metrics.registry.contentType }));
-  const pingRedis = async (): Promise<boolean> => {
-    try {
-      const pong = await Promise.race([
-        redis.ping(),
-        new Promise<string>((resolve) => setTimeout(() => resolve('timeout'), PING_TIMEOUT_MS).unref()),
-      ]);
-      return pong === 'PONG';
-    } catch {
-      return false;
-    }
-  };
+  // On Cluster every master must answer: a master that does not serves none of its tenants.
+  const pingRedis = (): Promise<boolean> => pingNodes(redis, PING_TIMEOUT_MS);
 
   return {
     redis,

@@ -3,6 +3,7 @@ import type { FastifyInstance, LightMyRequestResponse } from 'fastify';
 import { pino } from 'pino';
 import { expect, inject } from 'vitest';
 import { createSystem, type System, type SystemOptions } from '../src/system.js';
+import type { RedisSpec } from '../src/store/redis.js';
 
 export const ADMIN_KEY = 'test-admin-key';
 export const USD = 'USD_MICROCENTS';
@@ -16,10 +17,11 @@ export interface Harness {
 
 /** The whole system against the test Redis, with apps driven through app.inject (real HTTP semantics). */
 export async function startHarness(
-  overrides: { expiryIntervalMs?: number; authCacheTtlMs?: number; keyPrefix?: string; events?: Partial<SystemOptions> } = {},
+  overrides: { expiryIntervalMs?: number; authCacheTtlMs?: number; keyPrefix?: string; events?: Partial<SystemOptions>; redis?: RedisSpec } = {},
 ): Promise<Harness> {
   const system = await createSystem({
-    redisUrl: inject('redisUrl'),
+    // A Sentinel or Cluster test passes its own topology; everything else uses the test Redis.
+    ...(overrides.redis ? { redis: overrides.redis } : { redisUrl: inject('redisUrl') }),
     adminApiKey: ADMIN_KEY,
     keyPrefix: overrides.keyPrefix ?? 'cytest',
     logger: pino({ level: 'silent' }),

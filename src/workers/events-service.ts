@@ -1,10 +1,10 @@
 import { Worker, type Job } from 'bullmq';
-import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 import type { SecretCipher } from '../domain/webhooks.js';
 import { SYSTEM_OWNER, ownerOfSubscriptionId } from '../domain/webhooks.js';
 import type { EventsMetrics } from '../observability/events-metrics.js';
 import type { PipelineStore } from '../store/pipeline-store.js';
+import type { RedisClient, RedisSpec } from '../store/redis.js';
 import type { Scripts } from '../store/scripts.js';
 import { DeliveryProcessor, deliveryBackoff } from './delivery.js';
 import type { ExpirySweep } from './expiry-sweep.js';
@@ -12,7 +12,8 @@ import { bullConnection, closeQueues, createQueues, enqueueDeliveries, enqueueRe
 import { Relay } from './relay.js';
 
 export interface EventsServiceOptions {
-  redisUrl: string;
+  /** Where BullMQ and the outbox notifications connect (the process's Redis spec). */
+  redis: RedisSpec | string;
   keyPrefix: string;
   logger: Logger;
   store: PipelineStore;
@@ -56,15 +57,15 @@ const AUDIT_MAX_RESERVATIONS = 5000;
  */
 export class EventsService {
   readonly queues: Queues;
-  private readonly connection: Redis;
-  private readonly workerConnections: Redis[] = [];
+  private readonly connection: RedisClient;
+  private readonly workerConnections: RedisClient[] = [];
   private readonly workers: Worker[] = [];
-  private notifier: Redis | undefined;
+  private notifier: RedisClient | undefined;
   private readonly relay: Relay;
   private readonly delivery: DeliveryProcessor;
 
   constructor(private readonly opts: EventsServiceOptions) {
-    this.connection = bullConnection(opts.redisUrl, 'cycles-events-queues');
+    this.connection = bullConnection(opts.redis, 'cycles-events-queues');
     this.queues = createQueues(this.connection, opts.keyPrefix);
     this.relay = new Relay({
       store: opts.store,
@@ -92,7 +93,7 @@ export class EventsService {
   }
 
   private worker(name: keyof Queues, processor: (job: Job) => Promise<unknown>, concurrency: number, extra: Record<string, unknown> = {}): Worker {
-    const connection = bullConnection(this.opts.redisUrl, `cycles-events-${name}`);
+    const connection = bullConnection(this.opts.redis, `cycles-events-${name}`);
     this.workerConnections.push(connection);
     const w = new Worker(name, processor, {
       connection,
@@ -139,7 +140,7 @@ export class EventsService {
       name: 'retention', opts: { removeOnComplete: { count: 100 }, removeOnFail: { count: 100 } },
     });
 
-    const notifier = bullConnection(opts.redisUrl, 'cycles-events-notify');
+    const notifier = bullConnection(opts.redis, 'cycles-events-notify');
     this.notifier = notifier;
     notifier.on('message', (_channel: string, tenantId: string) => {
       enqueueRelay(this.queues.relay, tenantId).catch((err: Error) => opts.logger.warn({ err: err.message }, 'relay enqueue failed'));
@@ -240,7 +241,7 @@ export class EventsService {
         for (const row of reply.slice(2)) {
           const [scope, unit, kind, stored, expected] = String(row).split('|');
           drift++;
-          logger.error({ tenant: t, scope, unit, kind, stored, expected }, 'ledger drift found by reconciliation; repair with POST /v1/admin/budgets/fund (see docs/operations.md)');
+          logger.error({ tenant: t, scope, unit, kind, stored, expected }, 'ledger drift found by reconciliation; repair with POST /v1/admin/budgets/reconcile-reserved (see docs/operations.md, Reservation leaks)');
         }
       }
     }

@@ -1,6 +1,6 @@
 import { Queue } from 'bullmq';
 import type { ConnectionOptions, JobsOptions } from 'bullmq';
-import { Redis } from 'ioredis';
+import { createRedis, type RedisClient, type RedisSpec } from '../store/redis.js';
 
 /**
  * The BullMQ queues of the events service (ADR 0014). Their keys share one hash tag
@@ -19,9 +19,13 @@ export function queuePrefix(keyPrefix: string): string {
   return `{${keyPrefix}:q}`;
 }
 
-/** A connection BullMQ may block on (workers need maxRetriesPerRequest: null). */
-export function bullConnection(redisUrl: string, name: string): Redis {
-  return new Redis(redisUrl, { maxRetriesPerRequest: null, enableReadyCheck: true, connectionName: name, lazyConnect: false });
+/**
+ * A connection BullMQ may block on (workers need maxRetriesPerRequest: null), in the same topology
+ * and with the same credentials and TLS as every other connection (a Cluster instance on Cluster,
+ * a sentinel-discovered master on Sentinel).
+ */
+export function bullConnection(redis: RedisSpec | string, name: string): RedisClient {
+  return createRedis(redis, name, undefined, 'queue');
 }
 
 export type Queues = Record<QueueName, Queue>;

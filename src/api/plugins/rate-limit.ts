@@ -52,6 +52,8 @@ async function bounded<T>(work: Promise<T>, ms: number, onFailure: (err: unknown
     }, ms);
     timer.unref();
   });
+  // A late rejection (after the timeout won, e.g. the connection closing) must not go unhandled.
+  work.catch(() => undefined);
   try {
     return await Promise.race([work, timeout]);
   } catch (err) {
