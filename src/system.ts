@@ -4,7 +4,7 @@ import type { Queue } from 'bullmq';
 import { EventsMetrics } from './observability/events-metrics.js';
 import { PipelineStore } from './store/pipeline-store.js';
 import { EventsService } from './workers/events-service.js';
-import { bullConnection, createQueues, enqueueReplay, type Queues } from './workers/queues.js';
+import { bullConnection, closeConnection, createQueues, enqueueReplay, type Queues } from './workers/queues.js';
 import { WebhookOps } from './domain/webhook-ops.js';
 import { lookup } from 'node:dns/promises';
 import type { FastifyInstance } from 'fastify';
@@ -108,6 +108,8 @@ function scriptOutcomeLabel(first: string): string {
 
 /** A close cascade still pending this long after it started is resumed by reconciliation. */
 const CASCADE_RESUME_AFTER_MS = 60_000;
+
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
 /** Bound on a health probe's PING, so a hung Redis reports DOWN instead of hanging the probe. */
 const PING_TIMEOUT_MS = 1000;
@@ -279,8 +281,15 @@ export async function createSystem(opts: SystemOptions): Promise<System> {
       await sweep.stop();
       await eventsService?.stop();
       if (producer) {
+        // Let the queues' start-up commands finish before closing: QUIT waits for pending replies,
+        // where a plain disconnect would reject them with nobody listening.
+        // A queue created moments ago may still be running its start-up commands (version check,
+        // meta write): let them finish (bounded) so closing does not reject them unobserved.
+        await Promise.all(Object.values(producer.queues).map((q: Queue) =>
+          Promise.race([q.waitUntilReady().catch(() => undefined), new Promise((r) => setTimeout(r, 2000).unref())])));
+        await sleep(0);
         await Promise.all(Object.values(producer.queues).map((q: Queue) => q.close().catch(() => undefined)));
-        producer.connection.disconnect();
+        await closeConnection(producer.connection);
       }
       subscriber.disconnect();
       await redis.quit().catch(() => redis.disconnect());

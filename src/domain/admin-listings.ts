@@ -560,7 +560,11 @@ export class AdminListingService {
    * wins over the key's own state (tenant-close Rule 2), so a cascade-revoked key answers
    * TENANT_CLOSED rather than the revoked-key conflict.
    */
-  async updateApiKey(keyId: string, body: ApiKeyUpdate): Promise<{ tenantId: string; key: Record<string, unknown> }> {
+  async updateApiKey(
+    keyId: string,
+    body: ApiKeyUpdate,
+    onPermissionsChanged?: (tenantId: string, data: Record<string, unknown>) => Promise<void>,
+  ): Promise<{ tenantId: string; key: Record<string, unknown> }> {
     for (const p of body.permissions ?? []) {
       if (!(PERMISSIONS as readonly string[]).includes(p)) throw new CyclesError('INVALID_REQUEST', `Unrecognized permission: ${p}`);
     }
@@ -583,6 +587,11 @@ export class AdminListingService {
     const r = await this.store.updateApiKey(keyId, fields);
     if (r.result === 'NOT_FOUND') throw new CyclesError('NOT_FOUND', `API key not found: ${keyId}`);
     if (r.result === 'NOT_ACTIVE') throw notActive(r.status);
+    if (fields.permissions !== undefined && fields.permissions !== rec.permissions && onPermissionsChanged) {
+      await onPermissionsChanged(tenantId, {
+        key_id: keyId, ...(rec.name ? { key_name: fields.name ?? rec.name } : {}), new_status: 'ACTIVE', permissions: JSON.parse(fields.permissions),
+      });
+    }
     return { tenantId, key: apiKeyView({ ...rec, ...fields }) };
   }
 

@@ -350,7 +350,18 @@ export class AdminService {
 
   // ------------------------------------------------------------------------ API keys
 
-  async createApiKey(body: Record<string, unknown>): Promise<Record<string, unknown>> {
+  /** Emits an api_key.* event (admin digest §5.6: created, revoked, permissions_changed). */
+  async emitApiKeyEvent(
+    ctx: { auth: AuthContext; corr: Correlation } | undefined,
+    tenantId: string,
+    type: 'api_key.created' | 'api_key.revoked' | 'api_key.permissions_changed',
+    data: Record<string, unknown>,
+  ): Promise<void> {
+    if (!ctx || !tenantId) return;
+    await this.store.appendEvent(tenantId, { type, category: 'api_key', source: 'cycles-admin', dataJson: JSON.stringify(data) }, emitCtx(ctx.auth, ctx.corr));
+  }
+
+  async createApiKey(body: Record<string, unknown>, ctx?: { auth: AuthContext; corr: Correlation }): Promise<Record<string, unknown>> {
     const tenantId = String(body.tenant_id);
     const tenant = await this.store.getTenant(tenantId);
     if (!tenant) throw new CyclesError('TENANT_NOT_FOUND', `Tenant not found: ${tenantId}`);
@@ -387,6 +398,9 @@ export class AdminService {
       await this.store.cascadeRevokeKey(keyId, tenantId, iso(Date.now()), CASCADE_REVOKED_REASON);
       throw new CyclesError('TENANT_CLOSED', `Tenant is CLOSED: ${tenantId}`);
     }
+    await this.emitApiKeyEvent(ctx, tenantId, 'api_key.created', {
+      key_id: keyId, key_name: fields.name, new_status: 'ACTIVE', permissions: JSON.parse(fields.permissions!),
+    });
     return {
       key_id: keyId,
       key_secret: secret,
@@ -398,7 +412,7 @@ export class AdminService {
     };
   }
 
-  async revokeApiKey(keyId: string, reason: string | undefined): Promise<Record<string, unknown>> {
+  async revokeApiKey(keyId: string, reason: string | undefined, ctx?: { auth: AuthContext; corr: Correlation }): Promise<Record<string, unknown>> {
     const rec = await this.store.getApiKey(keyId);
     if (!rec) throw new CyclesError('NOT_FOUND', `API key not found: ${keyId}`);
     // A closed owner wins over the key's own state (tenant-close Rule 2): a key the cascade
@@ -409,6 +423,9 @@ export class AdminService {
     const fields: RecordFields = { status: 'REVOKED', revoked_at: iso(Date.now()) };
     if (reason) fields.revoked_reason = reason;
     await this.store.revokeApiKey(keyId, fields);
+    await this.emitApiKeyEvent(ctx, rec.tenant_id ?? '', 'api_key.revoked', {
+      key_id: keyId, ...(rec.name ? { key_name: rec.name } : {}), previous_status: rec.status ?? 'ACTIVE', new_status: 'REVOKED',
+    });
     return apiKeyView({ ...rec, ...fields });
   }
 

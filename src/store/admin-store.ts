@@ -252,6 +252,13 @@ export class AdminStore {
     return { result, status: reply[1] == null ? '' : String(reply[1]), reason: reply[2] == null ? '' : String(reply[2]) };
   }
 
+  /** Appends one event to a tenant outbox on its own (outbox-append.lua). */
+  async appendEvent(tenantId: string, ev: { type: string; category: string; scope?: string; correlationId?: string; dataJson: string; source: string }, e: EmitContext): Promise<void> {
+    await this.scripts.run('outbox-append', [this.keys.outbox(tenantId)], [
+      e.eventIdBase, e.requestId, e.traceId, e.actorJson, tenantId, ev.source, ev.type, ev.category, ev.scope ?? '', ev.correlationId ?? '', ev.dataJson,
+    ]);
+  }
+
   async cascadeState(tenantId: string): Promise<RecordFields | undefined> {
     return nonEmpty(await this.redis.hgetall(this.keys.cascadeState(tenantId)));
   }

@@ -8,7 +8,7 @@ import type { RedisClient, RedisSpec } from '../store/redis.js';
 import type { Scripts } from '../store/scripts.js';
 import { DeliveryProcessor, deliveryBackoff } from './delivery.js';
 import type { ExpirySweep } from './expiry-sweep.js';
-import { bullConnection, closeQueues, createQueues, enqueueDeliveries, enqueueRelay, enqueueRetry, queuePrefix, type Queues } from './queues.js';
+import { bullConnection, closeConnection, closeQueues, createQueues, enqueueDeliveries, enqueueRelay, enqueueRetry, queuePrefix, type Queues } from './queues.js';
 import { Relay } from './relay.js';
 
 export interface EventsServiceOptions {
@@ -157,8 +157,7 @@ export class EventsService {
     this.notifier?.disconnect();
     await Promise.all(this.workers.map((w) => w.close().catch(() => undefined)));
     await closeQueues(this.queues);
-    for (const c of this.workerConnections) c.disconnect();
-    this.connection.disconnect();
+    await Promise.all([...this.workerConnections, this.connection].map((c) => closeConnection(c)));
   }
 
   async queueCounts(): Promise<Record<string, Record<string, number>>> {

@@ -106,3 +106,19 @@ export async function enqueueRelay(queue: Queue, tenantId: string): Promise<void
     removeOnFail: { age: 7 * 86_400, count: 1000 },
   });
 }
+
+/**
+ * Closes a connection politely: QUIT waits for replies still pending (a plain disconnect rejects
+ * them, and nobody may be listening); a connection that cannot answer within 2 s is dropped.
+ */
+export async function closeConnection(c: { quit(): Promise<unknown>; disconnect(): void }): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<'timeout'>((resolve) => {
+    timer = setTimeout(() => resolve('timeout'), 2000);
+    timer.unref();
+  });
+  const quit = c.quit().then(() => 'ok' as const, () => 'error' as const);
+  const outcome = await Promise.race([quit, timeout]);
+  clearTimeout(timer);
+  if (outcome !== 'ok') c.disconnect();
+}

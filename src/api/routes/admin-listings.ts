@@ -51,7 +51,8 @@ export async function adminListingRoutes(app: FastifyInstance, deps: AdminDeps):
     config: { operation: 'updateApiKey' },
     onRequest: hooks.admin(),
   }, async (request) => {
-    const { tenantId, key } = await listings.updateApiKey(request.params.key_id, request.body);
+    const { tenantId, key } = await listings.updateApiKey(request.params.key_id, request.body, (tenant, data) =>
+      deps.admin.emitApiKeyEvent({ auth: request.cycles.auth!, corr: request.cycles }, tenant, 'api_key.permissions_changed', data));
     await auditSuccess(audit, request, {
       operation: 'updateApiKey',
       resourceType: 'api_key',

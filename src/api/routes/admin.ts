@@ -119,7 +119,7 @@ export async function adminRoutes(app: FastifyInstance, deps: AdminDeps): Promis
     config: { operation: 'createApiKey' },
     onRequest: hooks.admin(),
   }, async (request, reply) => {
-    const key = await admin.createApiKey(request.body);
+    const key = await admin.createApiKey(request.body, { auth: request.cycles.auth!, corr: request.cycles });
     await auditSuccess(audit, request, {
       operation: 'createApiKey',
       resourceType: 'api_key',
@@ -135,7 +135,7 @@ export async function adminRoutes(app: FastifyInstance, deps: AdminDeps): Promis
     config: { operation: 'revokeApiKey' },
     onRequest: hooks.admin(),
   }, async (request) => {
-    const key = await admin.revokeApiKey(request.params.key_id, request.query.reason);
+    const key = await admin.revokeApiKey(request.params.key_id, request.query.reason, { auth: request.cycles.auth!, corr: request.cycles });
     await auditSuccess(audit, request, {
       operation: 'revokeApiKey',
       resourceType: 'api_key',
