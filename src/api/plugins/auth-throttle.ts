@@ -1,4 +1,5 @@
 import type { FastifyBaseLogger, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { bounded } from './bounded.js';
 import { CyclesError } from '../../domain/errors.js';
 
 /**
@@ -42,28 +43,6 @@ export function clientKey(ip: string | undefined): string {
   return ip.startsWith('::ffff:') && ip.includes('.') ? ip.slice(7) : ip;
 }
 
-/** The settled value of `work`, or undefined when it fails or takes longer than `ms`. */
-async function bounded<T>(work: Promise<T>, ms: number, onFailure: (err: unknown) => void): Promise<T | undefined> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<undefined>((resolve) => {
-    timer = setTimeout(() => {
-      onFailure(new Error(`auth-failure counter did not answer within ${ms} ms`));
-      resolve(undefined);
-    }, ms);
-    timer.unref();
-  });
-  // A late rejection (after the timeout won, e.g. the connection closing) must not go unhandled.
-  work.catch(() => undefined);
-  try {
-    return await Promise.race([work, timeout]);
-  } catch (err) {
-    onFailure(err);
-    return undefined;
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
 /** An authentication failure: 401/403 on a request that carries no authenticated identity. */
 function isAuthFailure(request: FastifyRequest, reply: FastifyReply): boolean {
   return (reply.statusCode === 401 || reply.statusCode === 403) && request.cycles?.auth === undefined;
@@ -86,7 +65,7 @@ export function authFailureThrottle(app: FastifyInstance, opts: AuthThrottleOpti
     if (request.method === 'OPTIONS' || OPEN_OPERATIONS.has(request.routeOptions.config?.operation ?? '')) return;
     const at = now();
     const window = Math.floor(at / AUTH_FAILURE_WINDOW_MS);
-    const failures = await bounded(opts.counter.count(clientKey(request.ip), window), AUTH_THROTTLE_TIMEOUT_MS, onFailure);
+    const failures = await bounded(opts.counter.count(clientKey(request.ip), window), AUTH_THROTTLE_TIMEOUT_MS, 'auth-failure counter', onFailure);
     if (failures === undefined || failures < opts.limit) return;
     throttled.add(request);
     const windowEndMs = (window + 1) * AUTH_FAILURE_WINDOW_MS;
@@ -100,7 +79,7 @@ export function authFailureThrottle(app: FastifyInstance, opts: AuthThrottleOpti
     const at = now();
     const window = Math.floor(at / AUTH_FAILURE_WINDOW_MS);
     const ttlMs = (window + 1) * AUTH_FAILURE_WINDOW_MS - at + COUNTER_SLACK_MS;
-    await bounded(opts.counter.record(clientKey(request.ip), window, ttlMs), AUTH_THROTTLE_TIMEOUT_MS, onFailure);
+    await bounded(opts.counter.record(clientKey(request.ip), window, ttlMs), AUTH_THROTTLE_TIMEOUT_MS, 'auth-failure counter', onFailure);
     return payload;
   });
 }

@@ -1,4 +1,5 @@
 import type { FastifyBaseLogger, FastifyInstance } from 'fastify';
+import { bounded } from './bounded.js';
 import { CyclesError } from '../../domain/errors.js';
 import type { BucketLimit, RateLimitResult } from '../../store/rate-limit-store.js';
 
@@ -42,27 +43,6 @@ export function bucketCapacity(ratePerSecond: number, burst: number): number {
   return Math.max(1, Math.floor(ratePerSecond * burst));
 }
 
-/** The value of `work`, or undefined when it fails or takes longer than `ms`. */
-async function bounded<T>(work: Promise<T>, ms: number, onFailure: (err: unknown) => void): Promise<T | undefined> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<undefined>((resolve) => {
-    timer = setTimeout(() => {
-      onFailure(new Error(`rate limiter did not answer within ${ms} ms`));
-      resolve(undefined);
-    }, ms);
-    timer.unref();
-  });
-  // A late rejection (after the timeout won, e.g. the connection closing) must not go unhandled.
-  work.catch(() => undefined);
-  try {
-    return await Promise.race([work, timeout]);
-  } catch (err) {
-    onFailure(err);
-    return undefined;
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 export function runtimeRateLimit(app: FastifyInstance, opts: RuntimeRateLimitOptions, logger: FastifyBaseLogger): void {
   if (opts.tenantPerSecond <= 0 && opts.keyPerSecond <= 0) return;
@@ -82,7 +62,7 @@ export function runtimeRateLimit(app: FastifyInstance, opts: RuntimeRateLimitOpt
   app.addHook('preParsing', async (request, reply, payload) => {
     const auth = request.cycles?.auth;
     if (auth?.kind !== 'tenant') return payload;
-    const result = await bounded(opts.limiter.take(auth.tenantId, auth.keyId, tenant, key), timeoutMs, onFailure);
+    const result = await bounded(opts.limiter.take(auth.tenantId, auth.keyId, tenant, key), timeoutMs, 'rate limiter', onFailure);
     if (result === undefined || result.scope === '') return payload;
     reply.header('x-ratelimit-limit', String(result.capacity));
     reply.header('x-ratelimit-remaining', String(result.remaining));
