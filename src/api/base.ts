@@ -132,6 +132,27 @@ export function createBaseApp(opts: BaseAppOptions): FastifyInstance {
     }
   });
 
+  // Graceful shutdown. server.close() only reaps keep-alive sockets that are idle at that moment:
+  // a request in flight when close starts is answered with `Connection: keep-alive`, and its socket
+  // then holds close() open for keepAliveTimeout (72 s), past close-with-grace's delay. So while
+  // closing, answers carry `Connection: close`, and sockets that still turn idle are reaped until
+  // the server is closed. Requests that arrive meanwhile on an open socket get Fastify's 503
+  // (return503OnClosing) before any handler runs: nothing is applied, and they can be retried.
+  let closing = false;
+  app.addHook('preClose', (done) => {
+    closing = true;
+    if (app.server.listening) {
+      const reaper = setInterval(() => app.server.closeIdleConnections(), 50);
+      reaper.unref();
+      app.server.once('close', () => clearInterval(reaper));
+    }
+    done();
+  });
+  app.addHook('onSend', (_request, reply, payload, done) => {
+    if (closing) reply.header('connection', 'close');
+    done(null, payload);
+  });
+
   app.addHook('onResponse', async (request, reply) => {
     const operation = request.routeOptions.config?.operation ?? 'unmatched';
     const outcome = (reply as unknown as { cyclesOutcome?: string }).cyclesOutcome ?? (reply.statusCode < 400 ? 'ok' : 'error');
