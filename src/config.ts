@@ -1,3 +1,5 @@
+import { LOG_COMPONENTS, LOG_LEVELS, type ComponentLevels, type LogComponent, type LogLevel } from './observability/logger.js';
+
 /**
  * The one place that reads process.env. Every setting has a documented default (see
  * docs/configuration.md) and is validated at start, so a typo fails loudly instead of silently
@@ -30,6 +32,8 @@ export interface Config {
   bodyLimitBytes: number;
   authCacheTtlMs: number;
   logLevel: string;
+  /** Per-component levels (LOG_LEVELS, e.g. `runtime=debug,workers=warn`); others log at logLevel. */
+  logLevels: ComponentLevels;
   dataDir: string;
   workers: number;
   /** AES-256-GCM key for webhook signing secrets at rest (base64 of 32 bytes); unset = derived from ADMIN_API_KEY. */
@@ -132,6 +136,21 @@ function hostPorts(env: Env, name: string): Array<{ host: string; port: number }
   });
 }
 
+/** `component=level` pairs, comma-separated; unknown components and levels are refused. */
+function componentLevels(env: Env, name: string): ComponentLevels {
+  const raw = env[name];
+  const out: ComponentLevels = {};
+  if (raw === undefined || raw.trim() === '') return out;
+  for (const entry of raw.split(',').map((s) => s.trim()).filter((s) => s !== '')) {
+    const [component, level, extra] = entry.split('=').map((s) => s.trim());
+    if (extra !== undefined || !LOG_COMPONENTS.includes(component as LogComponent) || !LOG_LEVELS.includes(level as LogLevel)) {
+      throw new Error(`${name} must be a comma-separated list of component=level (components: ${LOG_COMPONENTS.join(', ')}; levels: ${LOG_LEVELS.join(', ')}); got '${entry}'`);
+    }
+    out[component as LogComponent] = level as LogLevel;
+  }
+  return out;
+}
+
 function str(env: Env, name: string, fallback: string): string {
   const raw = env[name];
   return raw === undefined || raw === '' ? fallback : raw;
@@ -141,7 +160,7 @@ const DAY_MS = 86_400_000;
 
 export function loadConfig(env: Env = process.env): Config {
   const logLevel = str(env, 'LOG_LEVEL', 'info');
-  if (!['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].includes(logLevel)) {
+  if (!LOG_LEVELS.includes(logLevel as LogLevel)) {
     throw new Error(`LOG_LEVEL must be one of fatal, error, warn, info, debug, trace, silent; got '${logLevel}'`);
   }
   const keyPrefix = str(env, 'CYCLES_KEY_PREFIX', 'cycles');
@@ -180,6 +199,7 @@ export function loadConfig(env: Env = process.env): Config {
     bodyLimitBytes: int(env, 'CYCLES_BODY_LIMIT_BYTES', 65_536, 1024, 10_485_760),
     authCacheTtlMs: int(env, 'CYCLES_AUTH_CACHE_TTL_MS', 1000, 0, 60_000),
     logLevel,
+    logLevels: componentLevels(env, 'LOG_LEVELS'),
     dataDir: str(env, 'CYCLES_DATA_DIR', '.cycles'),
     workers: int(env, 'CYCLES_WORKERS', 1, 1, 64),
     webhookSecretEncryptionKey: webhookKey,

@@ -19,6 +19,7 @@ import { Authenticator } from './domain/authenticator.js';
 import { ListingService } from './domain/listing.js';
 import { RuntimeService } from './domain/runtime.js';
 import { Metrics } from './observability/metrics.js';
+import { bindRequestLogContext, componentLogger, type LogComponent } from './observability/logger.js';
 import { AdminStore } from './store/admin-store.js';
 import { AuthFailureStore } from './store/auth-failures.js';
 import { Keys } from './store/keys.js';
@@ -134,8 +135,10 @@ function specOf(opts: SystemOptions): RedisSpec {
 
 export async function createSystem(opts: SystemOptions): Promise<System> {
   const spec = specOf(opts);
-  const redis = createRedis(spec, 'cycles', opts.logger);
-  const subscriber = createRedis(spec, 'cycles-sub', opts.logger);
+  // Each component logs through its own child logger, at its LOG_LEVELS level if one is set.
+  const log = (component: LogComponent) => componentLogger(opts.logger, component);
+  const redis = createRedis(spec, 'cycles', log('redis'));
+  const subscriber = createRedis(spec, 'cycles-sub', log('redis'));
   const keys = new Keys(opts.keyPrefix);
   const metrics = new Metrics();
   const scripts = registerScripts(redis, (script, seconds, result) => {
@@ -159,7 +162,7 @@ export async function createSystem(opts: SystemOptions): Promise<System> {
   subscriber.on('ready', () => authenticator.invalidate('*'));
 
   const webhookSecretKey = webhookKey(opts);
-  const audit = new AuditLog(adminStore, opts.auditRetentionMs, (err) => opts.logger.warn({ err }, 'audit write failed'), {
+  const audit = new AuditLog(adminStore, opts.auditRetentionMs, (err) => log('audit').warn({ err }, 'audit write failed'), {
     retentionMs: opts.auditUnauthRetentionMs ?? 30 * 86_400_000,
     sampleRate: opts.auditUnauthSampleRate ?? 1,
   });
@@ -171,7 +174,7 @@ export async function createSystem(opts: SystemOptions): Promise<System> {
     adminStore,
     intervalMs: opts.expiryIntervalMs,
     batchSize: opts.expiryBatchSize,
-    logger: opts.logger,
+    logger: log('expiry'),
     onExpired: (n) => metrics.expired.inc(n),
   });
   const pipelineStore = new PipelineStore(redis, scripts, keys);
@@ -191,7 +194,7 @@ export async function createSystem(opts: SystemOptions): Promise<System> {
     const service: EventsService = new EventsService({
       redis: spec,
       keyPrefix: opts.keyPrefix,
-      logger: opts.logger,
+      logger: log('workers'),
       store: pipelineStore,
       scripts,
       cipher,
@@ -254,11 +257,11 @@ export async function createSystem(opts: SystemOptions): Promise<System> {
     cipher,
     startEventsService,
     queues,
-    buildRuntimeApp: () =>
-      buildRuntimeApp({ logger: opts.logger, bodyLimitBytes: opts.bodyLimitBytes, metrics, metricsSource, authenticator, runtime, listing, audit, pingRedis, docs, rateLimit }),
-    buildAdminApp: () =>
-      buildAdminApp({
-        logger: opts.logger,
+    buildRuntimeApp: async () =>
+      bindRequestLogContext(await buildRuntimeApp({ logger: log('runtime'), bodyLimitBytes: opts.bodyLimitBytes, metrics, metricsSource, authenticator, runtime, listing, audit, pingRedis, docs, rateLimit })),
+    buildAdminApp: async () =>
+      bindRequestLogContext(await buildAdminApp({
+        logger: log('admin'),
         bodyLimitBytes: opts.bodyLimitBytes,
         metrics,
         metricsSource,
@@ -271,9 +274,9 @@ export async function createSystem(opts: SystemOptions): Promise<System> {
         webhookOps,
         queues: () => Object.values(queues()),
         edge: { docs, authThrottle, ...(opts.dashboardCorsOrigins ? { corsOrigins: opts.dashboardCorsOrigins } : {}) },
-      }),
+      })),
     buildEventsApp: async () => {
-      const app = createBaseApp({ plane: 'events', logger: opts.logger, bodyLimitBytes: opts.bodyLimitBytes, metrics });
+      const app = bindRequestLogContext(createBaseApp({ plane: 'events', logger: log('events'), bodyLimitBytes: opts.bodyLimitBytes, metrics }));
       await app.register(async (scope) => healthRoutes(scope, { pingRedis, metricsSource }));
       return app;
     },

@@ -1,22 +1,120 @@
-import { pino, type Logger } from 'pino';
+import { AsyncLocalStorage } from 'node:async_hooks';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
+import { pino, type DestinationStream, type Logger } from 'pino';
 
-/** pino JSON lines; API keys and admin keys are redacted wherever they appear in a log object. */
-export function createLogger(level: string, name = 'cycles'): Logger {
-  return pino({
-    name,
+/** pino levels accepted by LOG_LEVEL and LOG_LEVELS. */
+export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
+/**
+ * Components whose level LOG_LEVELS can set apart from LOG_LEVEL (docs/configuration.md):
+ * the three HTTP planes, the Redis connections, the expiry sweep, the events workers (relay,
+ * deliveries, reconciliation, retention) and audit writes. Everything else logs at LOG_LEVEL.
+ */
+export const LOG_COMPONENTS = ['runtime', 'admin', 'events', 'redis', 'expiry', 'workers', 'audit'] as const;
+export type LogComponent = (typeof LOG_COMPONENTS)[number];
+export type ComponentLevels = Partial<Record<LogComponent, LogLevel>>;
+
+/**
+ * Secrets never reach a log line: API keys and admin keys in request headers, Authorization and
+ * cookies, key and signing secrets in bodies, Redis passwords and URLs in configuration objects.
+ * (pino paths are exact; `*` stands for one level.)
+ */
+export const REDACT_PATHS = [
+  ...['req.headers', 'headers', 'request.headers'].flatMap((h) =>
+    ['x-cycles-api-key', 'x-admin-api-key', 'authorization', 'cookie', 'proxy-authorization'].map((name) => `${h}["${name}"]`)),
+  ...['key_secret', 'signing_secret', 'secret', 'password', 'adminApiKey', 'redisUrl', 'redisPassword', 'sentinelPassword',
+    'redisSentinelPassword', 'webhookSecretEncryptionKey'].flatMap((field) => [field, `*.${field}`]),
+  '*.*.key_secret',
+  '*.*.signing_secret',
+  '*.*.password',
+  // A Redis connection spec's URL may carry a password.
+  'redis.url',
+  '*.redis.url',
+];
+
+/** URLs keep their host (useful when debugging a connection) with the password masked; anything else is replaced. */
+function censor(value: unknown, path: string[]): string {
+  const field = path[path.length - 1];
+  if ((field === 'url' || field === 'redisUrl') && typeof value === 'string') {
+    try {
+      const u = new URL(value);
+      if (u.password) u.password = '***';
+      return u.toString();
+    } catch {
+      return '[redacted]';
+    }
+  }
+  return '[redacted]';
+}
+
+const LEVELS = Symbol.for('cycles.logLevels');
+const requestContext = new AsyncLocalStorage<FastifyRequest>();
+
+export interface LoggerOptions {
+  /** Per-component levels (LOG_LEVELS); a component not named logs at `level`. */
+  levels?: ComponentLevels;
+  /** Where lines go; stdout when absent (tests pass a stream to read them). */
+  destination?: DestinationStream;
+  name?: string;
+}
+
+/** The tenant a request is about: its API key's tenant, else an admin request's tenant_id. */
+function requestTenant(request: FastifyRequest): string | undefined {
+  const auth = request.cycles?.auth;
+  if (auth?.kind === 'tenant') return auth.tenantId;
+  const query = request.query as Record<string, unknown> | undefined;
+  const body = request.body as Record<string, unknown> | undefined;
+  for (const v of [query?.tenant_id, query?.tenant, body && typeof body === 'object' ? body.tenant_id : undefined]) {
+    if (typeof v === 'string' && v !== '') return v;
+  }
+  return undefined;
+}
+
+/** Correlation of the request being served, merged into every line logged while serving it. */
+function requestFields(): Record<string, unknown> {
+  const request = requestContext.getStore();
+  if (!request) return {};
+  const out: Record<string, unknown> = { requestId: request.cycles?.requestId ?? String(request.id) };
+  if (request.cycles?.traceId) out.traceId = request.cycles.traceId;
+  const tenant = requestTenant(request);
+  if (tenant) out.tenant = tenant;
+  out.operation = request.routeOptions?.config?.operation ?? 'unmatched';
+  return out;
+}
+
+/**
+ * pino JSON lines. Lines logged while a request is served (see bindRequestLogContext) carry its
+ * requestId, traceId, tenant and operation; secrets are redacted (REDACT_PATHS).
+ */
+export function createLogger(level: string, opts: LoggerOptions | string = {}): Logger {
+  const o: LoggerOptions = typeof opts === 'string' ? { name: opts } : opts;
+  const options = {
+    name: o.name ?? 'cycles',
     level,
-    redact: {
-      paths: [
-        'req.headers["x-cycles-api-key"]',
-        'req.headers["x-admin-api-key"]',
-        'headers["x-cycles-api-key"]',
-        'headers["x-admin-api-key"]',
-        'key_secret',
-        '*.key_secret',
-        'adminApiKey',
-        'redisUrl',
-      ],
-      censor: '[redacted]',
-    },
+    redact: { paths: REDACT_PATHS, censor },
+    mixin: requestFields,
+  };
+  const logger = o.destination ? pino(options, o.destination) : pino(options);
+  // Child loggers are created with Object.create(parent) and so see the levels of their root.
+  (logger as unknown as Record<symbol, unknown>)[LEVELS] = o.levels ?? {};
+  return logger;
+}
+
+/** The logger of one component: a child tagged `component`, at its LOG_LEVELS level if set. */
+export function componentLogger(parent: Logger, component: LogComponent): Logger {
+  const levels = (parent as unknown as Record<symbol, ComponentLevels | undefined>)[LEVELS];
+  const level = levels?.[component];
+  return parent.child({ component }, level ? { level } : {});
+}
+
+/**
+ * Makes every line logged while `app` serves a request carry the request's correlation (the
+ * mixin of createLogger reads it). Call before the app is ready.
+ */
+export function bindRequestLogContext<T extends FastifyInstance>(app: T): T {
+  app.addHook('onRequest', (request, _reply, done) => {
+    requestContext.run(request, done);
   });
+  return app;
 }
