@@ -139,7 +139,9 @@ async function localRedisUrl(config: Config, log: (msg: string) => void): Promis
   const child = spawn(
     'redis-server',
     ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--appendonly', 'yes', '--appendfsync', 'everysec',
-      '--maxmemory-policy', 'noeviction', '--daemonize', 'no', '--save', '3600 1 300 100'],
+      '--maxmemory-policy', 'noeviction', '--daemonize', 'no', '--save', '3600 1 300 100',
+      // Compact encoding for reservation and idempotency hashes (see docs/operations.md, capacity).
+      '--hash-max-listpack-value', '128'],
     { stdio: 'ignore' },
   );
   process.once('exit', () => child.kill('SIGTERM'));

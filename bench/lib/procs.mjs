@@ -125,6 +125,8 @@ export async function startRedis() {
   const proc = startChild('redis', 'redis-server', [
     '--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
     '--daemonize', 'no', '--dir', dir, '--maxmemory-policy', 'noeviction', '--loglevel', 'warning',
+    // As shipped in docker/redis/redis.conf and the CLI's local Redis (compact hashes).
+    ...(process.env.BENCH_REDIS_DEFAULT_ENCODING === '1' ? [] : ['--hash-max-listpack-value', '128']),
   ], {});
   const url = `redis://127.0.0.1:${port}`;
   const deadline = Date.now() + 10_000;
