@@ -181,7 +181,7 @@ const MAX_WORKER_RESTARTS_PER_MINUTE = 10;
  * /actuator/prometheus. All state is in Redis, so workers are interchangeable.
  */
 async function startPrimary(which: string, config: Config): Promise<void> {
-  const logger = createLogger(config.logLevel, { levels: config.logLevels });
+  const logger = createLogger(config.logLevel, { levels: config.logLevels, pretty: config.logPretty });
   const redis = await resolveRedis(config, (m) => logger.info(m));
   const aggregator = new AggregatorRegistry();
   const fork = (index: number) => {
@@ -311,7 +311,7 @@ const STANDBY_AFTER_MS = 2000;
 
 async function startServices(which: string, config: Config): Promise<void> {
   if (config.workers > 1 && cluster.isPrimary) return startPrimary(which, config);
-  const logger = createLogger(config.logLevel, { levels: config.logLevels });
+  const logger = createLogger(config.logLevel, { levels: config.logLevels, pretty: config.logPretty });
   const redis = await resolveRedis(config, (m) => logger.info(m));
   logger.info({ redis: describeRedis(redis) }, 'connecting to Redis');
   if (!config.adminApiKey) logger.warn('ADMIN_API_KEY is not set: admin endpoints will answer 500 until it is configured');
@@ -351,7 +351,7 @@ async function startServices(which: string, config: Config): Promise<void> {
 }
 
 async function withSystem<T>(config: Config, fn: (system: System) => Promise<T>): Promise<T> {
-  const logger = createLogger(config.logLevel === 'info' ? 'warn' : config.logLevel, { levels: config.logLevels });
+  const logger = createLogger(config.logLevel === 'info' ? 'warn' : config.logLevel, { levels: config.logLevels, pretty: config.logPretty });
   const redis = await resolveRedis(config, (m) => process.stderr.write(`${m}\n`));
   const system = await createSystem({ ...config, redis, logger });
   try {

@@ -34,6 +34,8 @@ export interface Config {
   logLevel: string;
   /** Per-component levels (LOG_LEVELS, e.g. `runtime=debug,workers=warn`); others log at logLevel. */
   logLevels: ComponentLevels;
+  /** Human-readable log lines (pino-pretty, a dev dependency); JSON lines otherwise. */
+  logPretty: boolean;
   dataDir: string;
   workers: number;
   /** AES-256-GCM key for webhook signing secrets at rest (base64 of 32 bytes); unset = derived from ADMIN_API_KEY. */
@@ -200,6 +202,7 @@ export function loadConfig(env: Env = process.env): Config {
     authCacheTtlMs: int(env, 'CYCLES_AUTH_CACHE_TTL_MS', 1000, 0, 60_000),
     logLevel,
     logLevels: componentLevels(env, 'LOG_LEVELS'),
+    logPretty: bool(env, 'LOG_PRETTY', false),
     dataDir: str(env, 'CYCLES_DATA_DIR', '.cycles'),
     workers: int(env, 'CYCLES_WORKERS', 1, 1, 64),
     webhookSecretEncryptionKey: webhookKey,

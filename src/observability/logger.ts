@@ -1,4 +1,5 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
+import { createRequire } from 'node:module';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { pino, type DestinationStream, type Logger } from 'pino';
 
@@ -56,6 +57,8 @@ export interface LoggerOptions {
   levels?: ComponentLevels;
   /** Where lines go; stdout when absent (tests pass a stream to read them). */
   destination?: DestinationStream;
+  /** Human-readable lines through pino-pretty (LOG_PRETTY; development only, a dev dependency). */
+  pretty?: boolean;
   name?: string;
 }
 
@@ -95,10 +98,26 @@ export function createLogger(level: string, opts: LoggerOptions | string = {}): 
     redact: { paths: REDACT_PATHS, censor },
     mixin: requestFields,
   };
-  const logger = o.destination ? pino(options, o.destination) : pino(options);
+  const destination = o.destination ?? (o.pretty ? prettyStream() : undefined);
+  const logger = destination ? pino(options, destination) : pino(options);
   // Child loggers are created with Object.create(parent) and so see the levels of their root.
   (logger as unknown as Record<symbol, unknown>)[LEVELS] = o.levels ?? {};
   return logger;
+}
+
+/**
+ * pino-pretty as an in-process stream, loaded only when asked for: it is a dev dependency, so a
+ * production install (npm ci --omit=dev) lacks it and the process then keeps JSON lines.
+ */
+function prettyStream(): DestinationStream | undefined {
+  try {
+    const require = createRequire(import.meta.url);
+    const pretty = require('pino-pretty') as (o: Record<string, unknown>) => DestinationStream;
+    return pretty({ colorize: process.stdout.isTTY === true, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname' });
+  } catch {
+    process.stderr.write('LOG_PRETTY is set but pino-pretty is not installed (it is a dev dependency); logging JSON lines\n');
+    return undefined;
+  }
 }
 
 /** The logger of one component: a child tagged `component`, at its LOG_LEVELS level if set. */
