@@ -1,49 +1,20 @@
 import type { FastifyInstance, LightMyRequestResponse } from 'fastify';
-import { pino } from 'pino';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/config.js';
-import { createSystem, type SystemOptions, type System } from '../src/system.js';
-import { ADMIN_KEY, json } from './helpers.js';
+import type { SystemOptions } from '../src/system.js';
+import { ADMIN_KEY, json, startHarness, type Harness } from './helpers.js';
 
 /**
  * OpenAPI document and Swagger UI on the runtime and admin ports, and CORS for the operator
  * dashboard on the admin port (ADR 0016; admin digest §0.2, events-ops digest §7.3).
  */
 
-interface Apps {
-  system: System;
-  runtime: FastifyInstance;
-  admin: FastifyInstance;
-  close(): Promise<void>;
-}
+type Apps = Harness;
 
 type Extra = Pick<SystemOptions, 'swaggerEnabled' | 'docsPublic' | 'dashboardCorsOrigins'>;
 
-async function start(extra: Extra = {}): Promise<Apps> {
-  const system = await createSystem({
-    redisUrl: inject('redisUrl'),
-    adminApiKey: ADMIN_KEY,
-    keyPrefix: 'cydocs',
-    logger: pino({ level: 'silent' }),
-    bodyLimitBytes: 65_536,
-    authCacheTtlMs: 1000,
-    reservationRetentionMs: 86_400_000,
-    expiryIntervalMs: 60_000,
-    expiryBatchSize: 100,
-    ...extra,
-  });
-  const runtime = await system.buildRuntimeApp();
-  const admin = await system.buildAdminApp();
-  return {
-    system,
-    runtime,
-    admin,
-    async close() {
-      await runtime.close();
-      await admin.close();
-      await system.close();
-    },
-  };
+function start(extra: Extra = {}): Promise<Apps> {
+  return startHarness({ keyPrefix: 'cydocs', events: extra });
 }
 
 const ADMIN = { 'x-admin-api-key': ADMIN_KEY };

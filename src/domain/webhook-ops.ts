@@ -5,10 +5,10 @@ import { CyclesError } from './errors.js';
 import { routeFromRecord, selects } from './event-routing.js';
 import { newSpanId, postWebhook, sign } from './webhook-transport.js';
 import {
-  DEFAULT_WEBHOOK_SECURITY,
   SYSTEM_OWNER,
+  connectBlockList,
   ownerOfSubscriptionId,
-  parseCidrs,
+  securityConfigFrom,
   urlProblem,
   type Resolver,
   type SecretCipher,
@@ -66,14 +66,14 @@ export class WebhookOps {
   }
 
   private async securityConfig(): Promise<WebhookSecurityConfig> {
-    const raw = await this.deps.store.redis.get(this.deps.store.keys.webhookSecurityConfig());
-    return raw ? { ...DEFAULT_WEBHOOK_SECURITY, ...(JSON.parse(raw) as Partial<WebhookSecurityConfig>) } : { ...DEFAULT_WEBHOOK_SECURITY };
+    return securityConfigFrom(await this.deps.store.redis.get(this.deps.store.keys.webhookSecurityConfig()));
   }
 
   async test(auth: AuthContext, id: string): Promise<Record<string, unknown>> {
     const { owner, rec } = await this.subscription(auth, id);
     const url = rec.url ?? '';
-    const problem = await urlProblem(url, await this.securityConfig(), this.deps.resolve);
+    const config = await this.securityConfig();
+    const problem = await urlProblem(url, config, this.deps.resolve);
     if (problem !== undefined) throw new CyclesError('WEBHOOK_URL_INVALID', `Webhook URL invalid: ${url} (${problem})`);
     const eventId = `evt_test_${hex(6)}`;
     const body = JSON.stringify({
@@ -102,12 +102,10 @@ export class WebhookOps {
       }
     }
     // The probe pins its connection to addresses checked against the block list, as deliveries do.
-    const config = await this.securityConfig();
-    const blockList = config.blocked_cidr_ranges.length > 0 ? parseCidrs(config.blocked_cidr_ranges) : undefined;
     const result = await postWebhook(url, body, headers, {
       connectTimeoutMs: PROBE_CONNECT_TIMEOUT_MS,
       timeoutMs: PROBE_TIMEOUT_MS,
-      blockList: blockList && !('error' in blockList) ? blockList : undefined,
+      blockList: connectBlockList(config),
     });
     const success = result.status >= 200 && result.status < 300;
     const out: Record<string, unknown> = { success, response_time_ms: result.elapsedMs, event_id: eventId };

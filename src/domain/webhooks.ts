@@ -54,6 +54,18 @@ export const DEFAULT_WEBHOOK_SECURITY: WebhookSecurityConfig = {
   allow_http: false,
 };
 
+/** The stored config (JSON text, or nothing stored) over the defaults. */
+export function securityConfigFrom(raw: string | null | undefined): WebhookSecurityConfig {
+  return raw ? { ...DEFAULT_WEBHOOK_SECURITY, ...(JSON.parse(raw) as Partial<WebhookSecurityConfig>) } : { ...DEFAULT_WEBHOOK_SECURITY };
+}
+
+/** The ranges a webhook connection is refused into at connect time; none when the list is empty. */
+export function connectBlockList(config: WebhookSecurityConfig): BlockList | undefined {
+  if (config.blocked_cidr_ranges.length === 0) return undefined;
+  const list = parseCidrs(config.blocked_cidr_ranges);
+  return 'error' in list ? undefined : list;
+}
+
 // --- ids ---
 
 export function newSubscriptionId(ownerId: string): string {
@@ -266,9 +278,7 @@ export class WebhookService {
   ) {}
 
   async securityConfig(): Promise<WebhookSecurityConfig> {
-    const raw = await this.store.getSecurityConfig();
-    if (raw === undefined) return { ...DEFAULT_WEBHOOK_SECURITY };
-    return { ...DEFAULT_WEBHOOK_SECURITY, ...(JSON.parse(raw) as Partial<WebhookSecurityConfig>) };
+    return securityConfigFrom(await this.store.getSecurityConfig());
   }
 
   /** PUT replaces the config; omitted properties take their defaults. */

@@ -5,8 +5,8 @@ import { failureReason, newSpanId, postWebhook, sign, USER_AGENT } from '../doma
 import {
   DEFAULT_DISABLE_AFTER_FAILURES,
   DEFAULT_RETRY_POLICY,
-  DEFAULT_WEBHOOK_SECURITY,
-  parseCidrs,
+  connectBlockList,
+  securityConfigFrom,
   type SecretCipher,
   type WebhookSecurityConfig,
 } from '../domain/webhooks.js';
@@ -79,7 +79,7 @@ export class DeliveryProcessor {
     const now = Date.now();
     if (this.security && now - this.security.at < 2000) return this.security.config;
     const raw = await this.opts.store.redis.get(this.opts.store.keys.webhookSecurityConfig());
-    const config = raw ? { ...DEFAULT_WEBHOOK_SECURITY, ...(JSON.parse(raw) as Partial<WebhookSecurityConfig>) } : DEFAULT_WEBHOOK_SECURITY;
+    const config = securityConfigFrom(raw);
     this.security = { at: now, config };
     return config;
   }
@@ -178,13 +178,12 @@ export class DeliveryProcessor {
       }
     }
 
-    const security = await this.securityConfig();
-    const blockList = security.blocked_cidr_ranges.length > 0 ? parseCidrs(security.blocked_cidr_ranges) : undefined;
+    const blockList = connectBlockList(await this.securityConfig());
     metrics.attempts.inc(metrics.labels({ tenant, event_type: eventType }));
     const result = await postWebhook(sub.url ?? '', body, headers, {
       connectTimeoutMs: this.opts.connectTimeoutMs,
       timeoutMs: this.opts.timeoutMs,
-      blockList: blockList && !('error' in blockList) ? blockList : undefined,
+      blockList,
     });
     const now = new Date();
     const common: AttemptRecord = {

@@ -2,6 +2,7 @@ import fastifySwagger from '@fastify/swagger';
 import fastifySwaggerUi from '@fastify/swagger-ui';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { CyclesError } from '../../domain/errors.js';
+import { toCyclesError } from '../base.js';
 import { authKindOf, type AuthHooks, type AuthKind } from './auth.js';
 
 /**
@@ -67,6 +68,26 @@ function firstHeader(request: FastifyRequest, name: string): string | undefined 
 }
 
 /**
+ * The admin-key check of pages a browser opens (API docs, queue console): the key as
+ * X-Admin-API-Key or, since a page load cannot carry that header, as the password of Basic
+ * credentials. It resolves to the refusal (a 401 already carries the Basic challenge, so the
+ * browser prompts), or undefined when the key is right; the caller throws or sends it.
+ */
+export function browserAdminCheck(hooks: AuthHooks): (request: FastifyRequest, reply: FastifyReply) => Promise<CyclesError | undefined> {
+  const check = hooks.adminFrom((request) => firstHeader(request, 'x-admin-api-key') ?? basicPassword(request.headers.authorization));
+  return async (request, reply) => {
+    try {
+      await check(request);
+      return undefined;
+    } catch (err) {
+      const e = toCyclesError(err);
+      if (e.status === 401) reply.header('www-authenticate', BASIC_CHALLENGE);
+      return e;
+    }
+  };
+}
+
+/**
  * Registers the document generator and the docs routes. Call it before any other route is
  * registered: the generator collects routes as they are added.
  */
@@ -102,14 +123,10 @@ export async function apiDocs(app: FastifyInstance, hooks: AuthHooks, opts: Docs
       route.config = { ...(route.config ?? {}), operation: 'docs' };
     });
     if (!opts.public) {
-      const check = hooks.adminFrom((request) => firstHeader(request, 'x-admin-api-key') ?? basicPassword(request.headers.authorization));
+      const check = browserAdminCheck(hooks);
       scope.addHook('onRequest', async (request: FastifyRequest, reply: FastifyReply) => {
-        try {
-          await check(request);
-        } catch (err) {
-          if (err instanceof CyclesError && err.status === 401) reply.header('www-authenticate', BASIC_CHALLENGE);
-          throw err;
-        }
+        const refused = await check(request, reply);
+        if (refused) throw refused;
       });
     }
     scope.get(OPENAPI_PATH, { schema: { hide: true } }, async () => scope.swagger());

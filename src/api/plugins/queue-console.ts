@@ -3,16 +3,11 @@ import { BullMQAdapter } from '@bull-board/api/bullMQAdapter';
 import { FastifyAdapter } from '@bull-board/fastify';
 import type { Queue } from 'bullmq';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import { sendError, toCyclesError } from '../base.js';
+import { sendError } from '../base.js';
 import type { AuthHooks } from './auth.js';
-import { BASIC_CHALLENGE, basicPassword } from './docs.js';
+import { browserAdminCheck } from './docs.js';
 
 export const QUEUE_CONSOLE_PATH = '/admin/queues';
-
-function firstHeader(request: FastifyRequest, name: string): string | undefined {
-  const v = request.headers[name];
-  return Array.isArray(v) ? v[0] : v;
-}
 
 /**
  * bull-board at /admin/queues (ADR 0014): every queue of the events service with its jobs,
@@ -34,16 +29,11 @@ export async function queueConsole(app: FastifyInstance, hooks: AuthHooks, queue
       route.config = { ...(route.config ?? {}), operation: 'queueConsole' };
       route.schema = { ...(route.schema ?? {}), hide: true } as typeof route.schema;
     });
-    const check = hooks.adminFrom((request) => firstHeader(request, 'x-admin-api-key') ?? basicPassword(request.headers.authorization));
+    const check = browserAdminCheck(hooks);
     scope.addHook('onRequest', async (request: FastifyRequest, reply: FastifyReply) => {
-      try {
-        await check(request);
-      } catch (err) {
-        // Answered here: bull-board installs its own error handler inside its plugin.
-        const e = toCyclesError(err);
-        if (e.status === 401) reply.header('www-authenticate', BASIC_CHALLENGE);
-        return sendError(reply, request, e);
-      }
+      const refused = await check(request, reply);
+      // Answered here: bull-board installs its own error handler inside its plugin.
+      if (refused) return sendError(reply, request, refused);
     });
     await scope.register(adapter.registerPlugin(), { prefix: QUEUE_CONSOLE_PATH });
   });
