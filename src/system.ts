@@ -28,6 +28,7 @@ import { RuntimeStore } from './store/runtime-store.js';
 import { RateLimitStore } from './store/rate-limit-store.js';
 import { registerScripts } from './store/scripts.js';
 import { ExpirySweep } from './workers/expiry-sweep.js';
+import { migrateReservationLayout } from './workers/layout-migration.js';
 
 export interface SystemOptions {
   /** Where Redis is: a spec (standalone URL, Sentinel or Cluster; ADR 0018), or a plain URL. */
@@ -156,6 +157,8 @@ export async function createSystem(opts: SystemOptions): Promise<System> {
     limiter: new RateLimitStore(scripts, keys),
     onLimited: (scope: 'tenant' | 'key') => metrics.rateLimited.inc({ scope }),
   };
+  // Reservations stored before ADR 0019 move to the record layout before anything is served.
+  await migrateReservationLayout(runtimeStore, adminStore, log('redis'));
   await subscriber.subscribe(keys.authInvalidationChannel());
   subscriber.on('message', (_channel: string, keyId: string) => authenticator.invalidate(keyId));
   // After a reconnect, invalidations may have been missed: start from an empty cache.

@@ -352,7 +352,7 @@ describe('tenant isolation', () => {
     expect(await b.ledger()).toEqual(beforeB);
     expect(await reservationStatus(a, ridA)).toBe('ACTIVE');
     // Existence first: an id that never existed is 404 even when it names another tenant.
-    const ghost = ridA.replace(/_[0-9a-f]{24}$/, '_000000000000000000000000');
+    const ghost = ridA.replace(/_[0-9A-Za-z]{12}$/, '_000000000000');
     expectError(await b.get(`/v1/reservations/${ghost}`), 404, 'NOT_FOUND');
     expectError(await b.commit(ghost, 10), 404, 'NOT_FOUND');
   });

@@ -8,7 +8,9 @@ import { Redis } from 'ioredis';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { createSystem, type System } from '../src/system.js';
+import { shortOfReservationId } from '../src/domain/ids.js';
 import { Keys } from '../src/store/keys.js';
+import { idempotencyField } from '../src/store/reservation-codec.js';
 import { RateLimitStore } from '../src/store/rate-limit-store.js';
 import { registerScripts } from '../src/store/scripts.js';
 import { freePort } from './global-setup.js';
@@ -177,7 +179,7 @@ describe('runtime rate limits over HTTP', () => {
     expectLimited(refused, 1, 'API key');
     expect(await reader.ledger()).toEqual(ledgerBefore);
     expect(await redis.xlen(keys.outbox(t.id))).toBe(outboxBefore);
-    expect(await redis.exists(keys.idempotency(t.id, 'reserve', body.idempotency_key))).toBe(0);
+    expect(await redis.hget(keys.reserveIdempotencyIndex(t.id), idempotencyField(body.idempotency_key))).toBeNull();
     expect(json(await reader.get(`/v1/reservations?tenant=${t.id}&limit=200`)).reservations.length).toBe(listedBefore);
 
     await sleep(Number(refused.headers['retry-after']) * 1000 + 100);
@@ -186,7 +188,7 @@ describe('runtime rate limits over HTTP', () => {
     expect(retried.headers['x-ratelimit-remaining']).toBe('0');
     const after = await reader.ledger();
     expect(after[`${t.scope('workspace:prod')}|USD_MICROCENTS`]!.reserved).toBe(ledgerBefore[`${t.scope('workspace:prod')}|USD_MICROCENTS`]!.reserved + 250);
-    expect(await redis.exists(keys.idempotency(t.id, 'reserve', body.idempotency_key))).toBe(1);
+    expect(await redis.hget(keys.reserveIdempotencyIndex(t.id), idempotencyField(body.idempotency_key))).toBe(shortOfReservationId(json(retried).reservation_id));
   });
 
   it('two instances with the same key prefix share one tenant bucket', async () => {

@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { shortOfReservationId } from '../src/domain/ids.js';
 import { ADMIN_KEY, USD, createTenant, idem, json, startHarness, expectError, nums, expectInvariant, getRes, ledger, type Harness, type TestTenant } from './helpers.js';
 
 /**
@@ -450,7 +451,7 @@ describe('reserve: ttl, grace and tenant defaults', () => {
     const idx = h.system.keys.expiryIndex(t.id);
     for (const [over, grace] of [[{}, 5000], [{ grace_period_ms: 0 }, 0], [{ grace_period_ms: 60_000 }, 60_000]] as const) {
       const { rid, expires } = await ttlOf(t, over);
-      expect(Number(await h.system.redis.zscore(idx, rid))).toBe(expires + grace);
+      expect(Number(await h.system.redis.zscore(idx, shortOfReservationId(rid)!))).toBe(expires + grace);
     }
   });
 

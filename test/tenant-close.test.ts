@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import type { LightMyRequestResponse } from 'fastify';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { newEventIdBase } from '../src/domain/ids.js';
+import { newEventIdBase, shortOfReservationId } from '../src/domain/ids.js';
 import { ADMIN_KEY, USD, createTenant, idem, json, sleep, startHarness, type Harness, type TestTenant } from './helpers.js';
 
 /**
@@ -70,8 +70,9 @@ function invariant(l: any): boolean {
   return l.remaining.amount === l.allocated.amount - l.spent.amount - l.reserved.amount - l.debt.amount;
 }
 
+/** The stored record (ADR 0019), decoded; {} when there is none. */
 async function reservation(t: TestTenant, rid: string): Promise<Record<string, string>> {
-  return h.system.redis.hgetall(h.system.keys.reservation(t.id, rid));
+  return (await h.system.runtimeStore.getReservation(t.id, shortOfReservationId(rid)!)) ?? {};
 }
 
 async function webhook(t: TestTenant, extra: Record<string, unknown> = {}): Promise<string> {

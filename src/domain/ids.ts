@@ -18,24 +18,53 @@ function randomHex(bytes: number): string {
   return hex;
 }
 
-/**
- * Server-generated identifiers. A reservation id carries its tenant
- * (`rsv_<tenant>_<24 hex>`) so that commit, release, extend and get can find the tenant's hash
- * slot without a lookup round trip, and an admin key (which has no tenant) can still address it.
- * Tenant ids are `[a-z0-9-]`, so the last `_` separates tenant and random part unambiguously.
- */
-export function newReservationId(tenantId: string): string {
-  return `rsv_${tenantId}_${randomHex(12)}`;
+const BASE62 = '0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz';
+
+/** `n` random base62 characters (rejection sampling, so every character is equally likely). */
+function randomBase62(n: number): string {
+  let out = '';
+  while (out.length < n) {
+    const hex = randomHex(16);
+    for (let i = 0; i < hex.length && out.length < n; i += 2) {
+      const b = parseInt(hex.slice(i, i + 2), 16);
+      if (b < 248) out += BASE62[b % 62];
+    }
+  }
+  return out;
 }
 
-export function tenantOfReservationId(reservationId: string): string | undefined {
+/**
+ * Server-generated identifiers. A reservation id carries its tenant
+ * (`rsv_<tenant>_<short>`) so that commit, release, extend and get can find the tenant's hash
+ * slot without a lookup round trip, and an admin key (which has no tenant) can still address it.
+ * Tenant ids are `[a-z0-9-]`, so the last `_` separates tenant and short id unambiguously. The
+ * short id names the record inside the tenant (ADR 0019): 12 base62 characters (71 bits; the
+ * reserve script refuses a short id already in use and a new one is drawn), or 24 hex characters
+ * for reservations created before ADR 0019.
+ */
+export function newReservationId(tenantId: string): string {
+  return `rsv_${tenantId}_${randomBase62(12)}`;
+}
+
+const SHORT_ID = /^(?:[0-9A-Za-z]{12}|[0-9a-f]{24})$/;
+
+function splitReservationId(reservationId: string): { tenant: string; short: string } | undefined {
   if (!reservationId.startsWith('rsv_')) return undefined;
   const last = reservationId.lastIndexOf('_');
   if (last <= 4) return undefined;
   const tenant = reservationId.slice(4, last);
-  const random = reservationId.slice(last + 1);
-  if (!/^[a-z0-9-]{1,64}$/.test(tenant) || !/^[0-9a-f]{24}$/.test(random)) return undefined;
-  return tenant;
+  const short = reservationId.slice(last + 1);
+  if (!/^[a-z0-9-]{1,64}$/.test(tenant) || !SHORT_ID.test(short)) return undefined;
+  return { tenant, short };
+}
+
+export function tenantOfReservationId(reservationId: string): string | undefined {
+  return splitReservationId(reservationId)?.tenant;
+}
+
+/** The record name of a reservation inside its tenant (the random tail of its id). */
+export function shortOfReservationId(reservationId: string): string | undefined {
+  return splitReservationId(reservationId)?.short;
 }
 
 /** Base for the event ids a script may emit: `evt_<base>` + a per-event suffix added in Lua. */

@@ -149,6 +149,11 @@ export async function scanIndex<P, R, Row>(opts: {
   return { rows, last, exhausted };
 }
 
+/** The public reservation id of a record's short id. */
+function ridOf(tenantId: string, shortId: string): string {
+  return `rsv_${tenantId}_${shortId}`;
+}
+
 export class ListingService {
   constructor(private readonly store: RuntimeStore) {}
 
@@ -176,9 +181,12 @@ export class ListingService {
     };
 
     if (q.idempotency_key !== undefined && q.idempotency_key !== '') {
-      const rid = await this.store.reservationIdByKey(tenantId, q.idempotency_key);
-      const rec = rid ? await this.store.getReservation(tenantId, rid) : undefined;
-      const rows = rid && rec && matches(rec) ? [reservationView(rid, rec, include)] : [];
+      const short = await this.store.reservationIdByKey(tenantId, q.idempotency_key);
+      const rec = short ? await this.store.getReservation(tenantId, short) : undefined;
+      // The index maps a digest of the key; the record says whether it is this key's reservation.
+      const rows = short && rec && rec.idem === q.idempotency_key && matches(rec)
+        ? [reservationView(ridOf(tenantId, short), rec, include)]
+        : [];
       return { reservations: rows, has_more: false };
     }
 
@@ -186,7 +194,7 @@ export class ListingService {
     return this.unsorted(tenantId, q, limit, matches, include);
   }
 
-  /** Default order: newest first by created_at, cursor = last examined (created_at, id). */
+  /** Default order: newest first by created_at, cursor = the last reservation-log entry examined. */
   private async unsorted(
     tenantId: string,
     q: ListQuery,
@@ -194,28 +202,27 @@ export class ListingService {
     matches: (rec: ReservationRecord) => boolean,
     include: { metadata: boolean; committedMetadata: boolean },
   ): Promise<Record<string, unknown>> {
-    let position: { score: number; id: string } | undefined;
+    let position: string | undefined;
     if (q.cursor) {
-      const c = decodeCursor<{ m?: string; s?: number; id?: string }>(q.cursor);
-      if (c.m !== 'u' || typeof c.s !== 'number' || typeof c.id !== 'string') {
+      const c = decodeCursor<{ m?: string; x?: string }>(q.cursor);
+      if (c.m !== 'u' || typeof c.x !== 'string' || !/^\d+-\d+$/.test(c.x)) {
         throw new CyclesError('INVALID_REQUEST', 'cursor is not valid for this listing; restart pagination without a cursor');
       }
-      position = { score: c.s, id: c.id };
+      position = c.x;
     }
-    type Position = [string, number];
+    type Position = [string, string];
     const { rows, last, exhausted } = await scanIndex<Position, ReservationRecord, Record<string, unknown>>({
-      start: position ? [position.id, position.score] : undefined,
+      start: position ? ['', position] : undefined,
       limit,
       budget: UNSORTED_SCAN_BUDGET,
       window: SCAN_WINDOW,
-      fetch: (after, count) =>
-        this.store.reservationIndexWindow(tenantId, 'desc', after && { score: after[1], id: after[0] }, count),
-      hydrate: (positions) => this.store.getReservations(tenantId, positions.map(([id]) => id)),
-      accept: (rec, [id]) => (matches(rec) ? reservationView(id, rec, include) : undefined),
+      fetch: (after, count) => this.store.reservationLogWindow(tenantId, after?.[1], count),
+      hydrate: (positions) => this.store.getReservations(tenantId, positions.map(([short]) => short)),
+      accept: (rec, [short]) => (matches(rec) ? reservationView(ridOf(tenantId, short), rec, include) : undefined),
     });
     const out: Record<string, unknown> = { reservations: rows };
     if (!exhausted && last) {
-      out.next_cursor = encodeCursor({ m: 'u', s: last[1], id: last[0] });
+      out.next_cursor = encodeCursor({ m: 'u', x: last[1] });
       out.has_more = true;
     } else {
       out.has_more = false;
@@ -248,16 +255,19 @@ export class ListingService {
       }
       after = [c.v, c.id];
     }
-    type Position = [string, number];
+    type Position = [string, string];
     const { rows: all } = await scanIndex<Position, ReservationRecord, { key: [SortValue, string]; id: string; rec: ReservationRecord }>({
       start: undefined,
       limit: SORTED_HYDRATE_CAP,
       budget: SORTED_HYDRATE_CAP * 10,
       window: SCAN_WINDOW,
-      fetch: (after, count) =>
-        this.store.reservationIndexWindow(tenantId, 'desc', after && { score: after[1], id: after[0] }, count),
-      hydrate: (positions) => this.store.getReservations(tenantId, positions.map(([id]) => id)),
-      accept: (rec, [id]) => (matches(rec) ? { key: [sortValue(sortBy, id, rec), id], id, rec } : undefined),
+      fetch: (after, count) => this.store.reservationLogWindow(tenantId, after?.[1], count),
+      hydrate: (positions) => this.store.getReservations(tenantId, positions.map(([short]) => short)),
+      accept: (rec, [short]) => {
+        if (!matches(rec)) return undefined;
+        const id = ridOf(tenantId, short);
+        return { key: [sortValue(sortBy, id, rec), id], id, rec };
+      },
     });
     const sign = dir === 'asc' ? 1 : -1;
     all.sort((a, b) => sign * compare(a.key, b.key));

@@ -1,9 +1,10 @@
 import type { RuntimeStore, ScriptOutcome, ReservationRecord } from '../store/runtime-store.js';
+import { subjectIsDerivable } from '../store/reservation-codec.js';
 import type { AuthContext, Correlation } from './auth.js';
 import { actorJson, eventTraceId } from './auth.js';
 import { payloadHash } from './canonical.js';
 import { CyclesError, isErrorCode, type ErrorCode } from './errors.js';
-import { newEventIdBase, newReservationId, tenantOfReservationId, newId } from './ids.js';
+import { newEventIdBase, newReservationId, shortOfReservationId, tenantOfReservationId, newId } from './ids.js';
 import { deriveScopes, prefixesOf, leafOf, type SubjectLevels } from './scopes.js';
 import type { Unit } from './amounts.js';
 
@@ -103,11 +104,16 @@ function checkHeaderKey(headerKey: string | undefined, bodyKey: string): void {
   }
 }
 
-function owningTenant(reservationId: string): string {
-  const tenant = tenantOfReservationId(reservationId);
-  if (!tenant) throw new CyclesError('NOT_FOUND', 'Reservation not found');
-  return tenant;
+/** The tenant that owns a reservation id and the record's short id inside it. */
+function owner(reservationId: string): { tenantId: string; shortId: string } {
+  const tenantId = tenantOfReservationId(reservationId);
+  const shortId = shortOfReservationId(reservationId);
+  if (!tenantId || !shortId) throw new CyclesError('NOT_FOUND', 'Reservation not found');
+  return { tenantId, shortId };
 }
+
+/** Draws for a fresh short id when the reserve script finds one already in use. */
+const ID_ATTEMPTS = 3;
 
 export class RuntimeService {
   constructor(
@@ -137,11 +143,11 @@ export class RuntimeService {
   ): Promise<Record<string, unknown>> {
     const { scopes, scopePath } = deriveScopes(body.subject, tenantId);
     const hashed = endpoint === 'reserve' ? { ...body, dry_run: body.dry_run === true } : body;
-    const o = await this.store.reserve({
+    const call = {
       tenantId,
       endpoint,
       mode,
-      reservationId: newReservationId(tenantId),
+      shortId: shortOfReservationId(newReservationId(tenantId))!,
       payloadHash: payloadHash(hashed),
       idempotencyKey: body.idempotency_key,
       estimate: body.estimate.amount,
@@ -150,6 +156,7 @@ export class RuntimeService {
       graceMs: body.grace_period_ms ?? DEFAULT_GRACE_MS,
       overagePolicy: body.overage_policy,
       subjectJson: JSON.stringify(body.subject),
+      storeSubject: !subjectIsDerivable(body.subject as Record<string, unknown>, scopePath),
       actionJson: JSON.stringify(body.action),
       metadataJson: body.metadata === undefined ? undefined : JSON.stringify(body.metadata),
       scopes,
@@ -159,7 +166,11 @@ export class RuntimeService {
       requestId: corr.requestId,
       traceId: eventTraceId(corr),
       actorJson: actorJson(auth),
-    });
+    };
+    let o = await this.store.reserve(call);
+    for (let attempt = 1; o.kind === 'ID_COLLISION' && attempt < ID_ATTEMPTS; attempt += 1) {
+      o = await this.store.reserve({ ...call, shortId: shortOfReservationId(newReservationId(tenantId))! });
+    }
     const operation = endpoint === 'decide' ? 'decide' : mode === 'dry' ? 'reserve_dry_run' : 'reserve';
     if (o.kind !== 'OK' && o.kind !== 'REPLAY') {
       if (o.kind !== 'IDEMPOTENCY_MISMATCH' && o.kind !== 'UNIT_MISMATCH') this.observer.decision(operation, 'DENY');
@@ -207,8 +218,7 @@ export class RuntimeService {
     checkHeaderKey(headerKey, body.idempotency_key);
     if (auth.kind !== 'tenant') throw new CyclesError('UNAUTHORIZED', 'Missing X-Cycles-API-Key header');
     const o = await this.store.commit({
-      tenantId: owningTenant(reservationId),
-      reservationId,
+      ...owner(reservationId),
       callerTenant: auth.tenantId,
       idempotencyKey: body.idempotency_key,
       payloadHash: payloadHash(body),
@@ -235,10 +245,10 @@ export class RuntimeService {
     headerKey: string | undefined,
   ): Promise<{ body: Record<string, unknown>; tenantId: string; replay: boolean }> {
     checkHeaderKey(headerKey, body.idempotency_key);
-    const tenantId = owningTenant(reservationId);
+    const { tenantId, shortId } = owner(reservationId);
     const o = await this.store.release({
       tenantId,
-      reservationId,
+      shortId,
       callerTenant: auth.kind === 'tenant' ? auth.tenantId : '',
       idempotencyKey: body.idempotency_key,
       payloadHash: payloadHash(body),
@@ -261,7 +271,7 @@ export class RuntimeService {
     checkHeaderKey(headerKey, body.idempotency_key);
     if (auth.kind !== 'tenant') throw new CyclesError('UNAUTHORIZED', 'Missing X-Cycles-API-Key header');
     const o = await this.store.extend({
-      tenantId: owningTenant(reservationId),
+      ...owner(reservationId),
       reservationId,
       callerTenant: auth.tenantId,
       idempotencyKey: body.idempotency_key,
@@ -313,8 +323,8 @@ export class RuntimeService {
   // ---------------------------------------------------------------------------- reads
 
   async getReservation(auth: AuthContext, reservationId: string): Promise<Record<string, unknown>> {
-    const tenantId = owningTenant(reservationId);
-    const rec = await this.store.getReservation(tenantId, reservationId);
+    const { tenantId, shortId } = owner(reservationId);
+    const rec = await this.store.getReservation(tenantId, shortId);
     if (!rec) throw new CyclesError('NOT_FOUND', 'Reservation not found');
     if (auth.kind === 'tenant' && rec.tenant !== auth.tenantId) {
       throw new CyclesError('FORBIDDEN', 'Reservation belongs to another tenant');

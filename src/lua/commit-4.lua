@@ -4,7 +4,7 @@
 
   Input:
     KEYS[1]  tenant record hash      P:{t}:tenant   (its prefix locates the ledgers)
-    KEYS[2]  reservation hash        P:{t}:r:<rid>
+    KEYS[2]  reservation records hash P:{t}:rs
     KEYS[3]  expiry index            P:{t}:exp
     KEYS[4]  outbox stream           P:{t}:outbox
 
@@ -12,8 +12,8 @@
     ARGV[3]  payload hash                    ARGV[4]  actual amount
     ARGV[5]  actual unit                     ARGV[6]  metadata JSON or ''
     ARGV[7]  event id base                   ARGV[8]  request id
-    ARGV[9]  trace id                        ARGV[10] retention of finalized records, ms
-    ARGV[11] actor JSON                      ARGV[12] reservation id
+    ARGV[9]  trace id                        ARGV[10] (unused; retention is the purge's)
+    ARGV[11] actor JSON                      ARGV[12] reservation short id
 
   Output:
     {'OK', now, charged, released}            committed
@@ -33,7 +33,8 @@
 --- @include "overage"
 
 local now = now_ms()
-local r = load_reservation(KEYS[2])
+local short = ARGV[12]
+local r = load_reservation(KEYS[2], short)
 if not r then return {'NOT_FOUND', now} end
 if ARGV[1] ~= '' and ARGV[1] ~= r.tenant then return {'FORBIDDEN', now} end
 
@@ -90,7 +91,7 @@ for i, l in ipairs(ledgers) do
   after.remaining = after.allocated - after.spent - after.reserved - after.debt
   redis.call('HSET', l.key, 'spent', fmt(after.spent), 'reserved', fmt(after.reserved),
     'debt', fmt(after.debt), 'over_limit', after.over_limit and '1' or '0')
-  emit_spend_events(KEYS[4], ctx, l.scope, r.unit, l, after, string.match(KEYS[2], '}:r:(.+)$'))
+  emit_spend_events(KEYS[4], ctx, l.scope, r.unit, l, after, full_rid(r.tenant, short))
 end
 
 local charged = E + charged_delta
@@ -98,20 +99,16 @@ local released = 0
 if charged < E then released = E - charged end
 if A > E then
   emit(KEYS[4], ctx, 'reservation.commit_overage', 'reservation', r.scope_path, jobj({
-    'reservation_id', js(ARGV[12]), 'scope', js(r.scope_path), 'unit', js(r.unit),
+    'reservation_id', js(full_rid(r.tenant, short)), 'scope', js(r.scope_path), 'unit', js(r.unit),
     'estimated_amount', fmt(E), 'actual_amount', fmt(A), 'charged_amount', fmt(charged),
     'overage', fmt(A - E), 'overage_policy', js(r.policy),
     'debt_incurred', debt_incurred and 'true' or 'false',
   }))
 end
 
-local fields = {'status', 'COMMITTED', 'committed', fmt(charged), 'finalized', fmt(now),
-  'ckey', ARGV[2], 'chash', ARGV[3], 'cres', fmt(charged) .. '|' .. fmt(released)}
-if ARGV[6] ~= '' then
-  fields[#fields + 1] = 'cmeta'
-  fields[#fields + 1] = ARGV[6]
-end
-redis.call('HSET', KEYS[2], unpack(fields))
-redis.call('ZREM', KEYS[3], ARGV[12])
-redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[10]))
+update_reservation(KEYS[2], short, r, {
+  status = 'COMMITTED', committed = charged, finalized = now, ckey = ARGV[2], chash = ARGV[3],
+  cres = fmt(charged) .. '|' .. fmt(released), cmeta = ARGV[6] ~= '' and ARGV[6] or nil,
+})
+redis.call('ZREM', KEYS[3], short)
 return {'OK', now, fmt(charged), fmt(released)}

@@ -4,12 +4,12 @@
 
   Input:
     KEYS[1]  tenant record hash      P:{t}:tenant
-    KEYS[2]  reservation hash        P:{t}:r:<rid>
+    KEYS[2]  reservation records hash P:{t}:rs
     KEYS[3]  expiry index            P:{t}:exp
     KEYS[4]  idempotency record      P:{t}:i:extend:<rid>:<key>
 
     ARGV[1]  caller tenant           ARGV[2] payload hash
-    ARGV[3]  extend_by_ms            ARGV[4] reservation id
+    ARGV[3]  extend_by_ms            ARGV[4] reservation short id
     ARGV[5]  default max extensions  ARGV[6] minimum idempotency TTL, ms
 
   Output:
@@ -21,7 +21,7 @@
 --- @include "reservation"
 
 local now = now_ms()
-local r = load_reservation(KEYS[2])
+local r = load_reservation(KEYS[2], ARGV[4])
 if not r then return {'NOT_FOUND', now} end
 if ARGV[1] ~= '' and ARGV[1] ~= r.tenant then return {'FORBIDDEN', now} end
 
@@ -39,7 +39,7 @@ local max_ext = tonumber(redis.call('HGET', KEYS[1], 'max_reservation_extensions
 if r.ext >= max_ext then return {'MAX_EXTENSIONS_EXCEEDED', now, fmt(max_ext)} end
 
 local expires = r.expires + tonumber(ARGV[3])
-redis.call('HSET', KEYS[2], 'expires', fmt(expires), 'ext', fmt(r.ext + 1))
+update_reservation(KEYS[2], ARGV[4], r, { expires = expires, ext = r.ext + 1 })
 redis.call('ZADD', KEYS[3], expires + r.grace, ARGV[4])
 local ttl = expires + r.grace - now + tonumber(ARGV[6])
 redis.call('HSET', KEYS[4], 'h', ARGV[2], 'r', fmt(expires))

@@ -3,13 +3,13 @@
 
   Input:
     KEYS[1]  tenant record hash      P:{t}:tenant
-    KEYS[2]  reservation hash        P:{t}:r:<rid>
+    KEYS[2]  reservation records hash P:{t}:rs
     KEYS[3]  expiry index            P:{t}:exp
     KEYS[4]  outbox stream           P:{t}:outbox
 
     ARGV[1]  caller tenant ('' for the admin key)   ARGV[2] idempotency key
     ARGV[3]  payload hash                           ARGV[4] reason or ''
-    ARGV[5]  retention of finalized records, ms     ARGV[6] reservation id
+    ARGV[5]  (unused; retention is the purge's)      ARGV[6] reservation short id
 
   Output:
     {'OK', now, released, unit}  /  {'REPLAY', now, released, unit}  /  {<ERROR_CODE>, now, detail...}
@@ -22,13 +22,14 @@
 --- @include "reservation"
 
 local now = now_ms()
-local r = load_reservation(KEYS[2])
+local short = ARGV[6]
+local r = load_reservation(KEYS[2], short)
 if not r then return {'NOT_FOUND', now} end
 if ARGV[1] ~= '' and ARGV[1] ~= r.tenant then return {'FORBIDDEN', now} end
 
 if r.rkey and r.rkey == ARGV[2] then
   if r.rhash ~= ARGV[3] then return {'IDEMPOTENCY_MISMATCH', now} end
-  return {'REPLAY', now, r.rres, r.unit}
+  return {'REPLAY', now, fmt(num(r.rres)), r.unit}
 end
 
 local refused = settle_guard(KEYS[1], r, now)
@@ -39,13 +40,9 @@ local prefix = string.sub(KEYS[1], 1, #KEYS[1] - #'tenant')
 for _, l in ipairs(held_ledgers(prefix, r)) do
   redis.call('HINCRBY', l.key, 'reserved', fmt(-r.estimate))
 end
-local fields = {'status', 'RELEASED', 'finalized', fmt(now), 'rkey', ARGV[2], 'rhash', ARGV[3],
-  'rres', fmt(r.estimate)}
-if ARGV[4] ~= '' then
-  fields[#fields + 1] = 'reason'
-  fields[#fields + 1] = ARGV[4]
-end
-redis.call('HSET', KEYS[2], unpack(fields))
-redis.call('ZREM', KEYS[3], ARGV[6])
-redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[5]))
+update_reservation(KEYS[2], short, r, {
+  status = 'RELEASED', finalized = now, rkey = ARGV[2], rhash = ARGV[3], rres = r.estimate,
+  reason = ARGV[4] ~= '' and ARGV[4] or nil,
+})
+redis.call('ZREM', KEYS[3], short)
 return {'OK', now, fmt(r.estimate), r.unit}

@@ -214,7 +214,7 @@ export class AdminStore {
     const e = args.emit;
     const reply = await this.scripts.run(
       'tenant-cascade',
-      [k.tenant(t), k.expiryIndex(t), k.budgetIndex(t), k.webhookIndex(t), k.outbox(t), k.cascadeState(t), k.cascadeReleased(t)],
+      [k.tenant(t), k.expiryIndex(t), k.budgetIndex(t), k.webhookIndex(t), k.outbox(t), k.cascadeState(t), k.cascadeReleased(t), k.reservations(t)],
       [
         String(args.batchSize), args.budgetCursor, args.webhookCursor, String(args.reservationRetentionMs),
         e.eventIdBase, e.requestId, e.traceId, e.actorJson, t, args.nowIso,

@@ -8,10 +8,14 @@
  *   P:{t}:b:<scope>:<unit>       hash    budget ledger (allocated, spent, reserved, debt, ...)
  *   P:{t}:budgets                zset    "scope|unit" members, score 0 (lexicographic listing)
  *   P:{t}:bunits                 hash    scope -> comma list of units that have a ledger
- *   P:{t}:r:<reservation_id>     hash    reservation record
- *   P:{t}:rix                    zset    reservation ids scored by created_at (listing index)
- *   P:{t}:exp                    zset    ACTIVE reservation ids scored by expires_at + grace
- *   P:{t}:i:<endpoint>:<key>     hash    idempotency record (payload hash, stored result)
+ *   P:{t}:rs                     hash    reservation records: short id -> MessagePack record (ADR 0019)
+ *   P:{t}:rlog                   stream  reservation short ids, entry id = created_at (listing, purge)
+ *   P:{t}:rlogc                  string  last log entry the retention purge examined
+ *   P:{t}:exp                    zset    ACTIVE reservation short ids scored by expires_at + grace
+ *   P:{t}:ik                     hash    live reserve idempotency: idem_field(key) -> short id
+ *   P:{t}:i:<endpoint>:<key>     hash    idempotency record of dry runs, decide, extend, events
+ *   P:{t}:r:<reservation_id>     hash    (before ADR 0019) reservation record; migrated at start
+ *   P:{t}:rix                    zset    (before ADR 0019) listing index; migrated at start
  *   P:{t}:outbox                 stream  events waiting for the relay
  *   P:{t}:keys                   set     API key ids of the tenant
  *   P:tenants                    zset    tenant registry, scored by created_at
@@ -44,11 +48,33 @@ export class Keys {
     return `${this.tenantPrefix(tenantId)}bunits`;
   }
 
-  reservation(tenantId: string, reservationId: string): string {
+  /** The tenant's reservation records (one field per reservation, ADR 0019). */
+  reservations(tenantId: string): string {
+    return `${this.tenantPrefix(tenantId)}rs`;
+  }
+
+  /** Reservation log: one entry per reservation in creation order. */
+  reservationLog(tenantId: string): string {
+    return `${this.tenantPrefix(tenantId)}rlog`;
+  }
+
+  /** Where the retention purge left off in the reservation log. */
+  reservationPurgeCursor(tenantId: string): string {
+    return `${this.tenantPrefix(tenantId)}rlogc`;
+  }
+
+  /** Live reserve idempotency index: idempotency key digest -> reservation short id. */
+  reserveIdempotencyIndex(tenantId: string): string {
+    return `${this.tenantPrefix(tenantId)}ik`;
+  }
+
+  /** Before ADR 0019: one hash per reservation. Read only by the layout migration. */
+  legacyReservation(tenantId: string, reservationId: string): string {
     return `${this.tenantPrefix(tenantId)}r:${reservationId}`;
   }
 
-  reservationIndex(tenantId: string): string {
+  /** Before ADR 0019: the listing zset. Read only by the layout migration. */
+  legacyReservationIndex(tenantId: string): string {
     return `${this.tenantPrefix(tenantId)}rix`;
   }
 

@@ -165,7 +165,7 @@ export class PipelineStore {
     { result: 'OK'; before: number; after: number } | { result: 'BUDGET_NOT_FOUND' } | { result: 'SKIPPED'; count: number }
   > {
     const k = this.keys;
-    const reply = await this.scripts.run('ledger-repair', [k.tenant(tenantId), k.expiryIndex(tenantId), k.budget(tenantId, scope, unit)], [scope, unit, String(maxReservations)]);
+    const reply = await this.scripts.run('ledger-repair', [k.tenant(tenantId), k.expiryIndex(tenantId), k.budget(tenantId, scope, unit), k.reservations(tenantId)], [scope, unit, String(maxReservations)]);
     if (reply[0] === 'OK') return { result: 'OK', before: Number(reply[1]), after: Number(reply[2]) };
     if (reply[0] === 'SKIPPED') return { result: 'SKIPPED', count: Number(reply[1]) };
     return { result: 'BUDGET_NOT_FOUND' };

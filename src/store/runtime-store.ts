@@ -1,5 +1,5 @@
 import type { Keys } from './keys.js';
-import { zsetWindow, type ScorePosition } from './zset-window.js';
+import { decodeReservation, idempotencyField } from './reservation-codec.js';
 import type { RedisClient, Scripts, ScriptReply } from './scripts.js';
 
 /** What a ledger script answered: a kind (OK, REPLAY or an error code), server time, fields. */
@@ -18,7 +18,8 @@ export interface ReserveCall {
   tenantId: string;
   endpoint: 'reserve' | 'decide';
   mode: 'live' | 'dry';
-  reservationId: string;
+  /** Short id of the reservation a live reserve creates (the random tail of its id). */
+  shortId: string;
   payloadHash: string;
   idempotencyKey: string;
   estimate: number;
@@ -27,6 +28,8 @@ export interface ReserveCall {
   graceMs: number;
   overagePolicy: string | undefined;
   subjectJson: string;
+  /** Whether the record must keep the subject (it cannot be rebuilt from the scope path). */
+  storeSubject: boolean;
   actionJson: string;
   metadataJson: string | undefined;
   scopes: string[];
@@ -40,7 +43,7 @@ export interface ReserveCall {
 
 export interface CommitCall {
   tenantId: string;
-  reservationId: string;
+  shortId: string;
   callerTenant: string;
   idempotencyKey: string;
   payloadHash: string;
@@ -55,7 +58,7 @@ export interface CommitCall {
 
 export interface ReleaseCall {
   tenantId: string;
-  reservationId: string;
+  shortId: string;
   callerTenant: string;
   idempotencyKey: string;
   payloadHash: string;
@@ -64,6 +67,7 @@ export interface ReleaseCall {
 
 export interface ExtendCall {
   tenantId: string;
+  shortId: string;
   reservationId: string;
   callerTenant: string;
   idempotencyKey: string;
@@ -112,36 +116,37 @@ export class RuntimeStore {
     const keys = [
       k.tenant(t),
       k.idempotency(t, c.endpoint, c.idempotencyKey),
-      k.reservation(t, c.reservationId),
-      k.reservationIndex(t),
+      k.reservations(t),
+      k.reservationLog(t),
       k.expiryIndex(t),
       k.outbox(t),
       k.budgetUnits(t),
+      k.reserveIdempotencyIndex(t),
       ...c.scopes.map((s) => k.budget(t, s, c.unit)),
     ];
     const args = [
-      c.reservationId, c.payloadHash, c.endpoint === 'decide' ? 'decide' : c.mode, String(c.estimate), c.unit,
+      c.shortId, c.payloadHash, c.endpoint === 'decide' ? 'decide' : c.mode, String(c.estimate), c.unit,
       c.ttlMs === undefined ? '' : String(c.ttlMs), String(c.graceMs), c.overagePolicy ?? '',
       c.subjectJson, c.actionJson, c.metadataJson ?? '', c.scopePath, c.idempotencyKey,
-      String(c.minIdempotencyTtlMs), c.eventIdBase, c.requestId, c.traceId, c.actorJson, t,
+      String(c.minIdempotencyTtlMs), c.eventIdBase, c.requestId, c.traceId, c.actorJson, t, c.storeSubject ? '1' : '',
     ];
     return outcome(await this.scripts.run('reserve', keys, args));
   }
 
   async commit(c: CommitCall): Promise<ScriptOutcome> {
     const k = this.keys;
-    const keys = [k.tenant(c.tenantId), k.reservation(c.tenantId, c.reservationId), k.expiryIndex(c.tenantId), k.outbox(c.tenantId)];
+    const keys = [k.tenant(c.tenantId), k.reservations(c.tenantId), k.expiryIndex(c.tenantId), k.outbox(c.tenantId)];
     const args = [
       c.callerTenant, c.idempotencyKey, c.payloadHash, String(c.actual), c.unit, c.metadataJson ?? '',
-      c.eventIdBase, c.requestId, c.traceId, String(this.retentionMs), c.actorJson, c.reservationId,
+      c.eventIdBase, c.requestId, c.traceId, String(this.retentionMs), c.actorJson, c.shortId,
     ];
     return outcome(await this.scripts.run('commit', keys, args));
   }
 
   async release(c: ReleaseCall): Promise<ScriptOutcome> {
     const k = this.keys;
-    const keys = [k.tenant(c.tenantId), k.reservation(c.tenantId, c.reservationId), k.expiryIndex(c.tenantId), k.outbox(c.tenantId)];
-    const args = [c.callerTenant, c.idempotencyKey, c.payloadHash, c.reason ?? '', String(this.retentionMs), c.reservationId];
+    const keys = [k.tenant(c.tenantId), k.reservations(c.tenantId), k.expiryIndex(c.tenantId), k.outbox(c.tenantId)];
+    const args = [c.callerTenant, c.idempotencyKey, c.payloadHash, c.reason ?? '', String(this.retentionMs), c.shortId];
     return outcome(await this.scripts.run('release', keys, args));
   }
 
@@ -149,11 +154,11 @@ export class RuntimeStore {
     const k = this.keys;
     const keys = [
       k.tenant(c.tenantId),
-      k.reservation(c.tenantId, c.reservationId),
+      k.reservations(c.tenantId),
       k.expiryIndex(c.tenantId),
       k.idempotency(c.tenantId, 'extend', `${c.reservationId}:${c.idempotencyKey}`),
     ];
-    const args = [c.callerTenant, c.payloadHash, String(c.extendByMs), c.reservationId, String(DEFAULT_MAX_EXTENSIONS), String(DAY_MS)];
+    const args = [c.callerTenant, c.payloadHash, String(c.extendByMs), c.shortId, String(DEFAULT_MAX_EXTENSIONS), String(DAY_MS)];
     return outcome(await this.scripts.run('extend', keys, args));
   }
 
@@ -174,52 +179,81 @@ export class RuntimeStore {
     return outcome(await this.scripts.run('event', keys, args));
   }
 
-  /** Whether any reservation of the tenant is past expires_at + grace (one cheap read). */
+  /**
+   * Whether the expire script has work for the tenant: a reservation past expires_at + grace, or
+   * a reservation log entry older than the retention period (a record the purge may remove).
+   * Two cheap reads, sent together.
+   */
   async hasDue(tenantId: string, nowMs: number): Promise<boolean> {
-    const due = await this.redis.zrangebyscore(this.keys.expiryIndex(tenantId), '-inf', nowMs - 1, 'LIMIT', 0, 1);
-    return due.length > 0;
-  }
-
-  /** Expires due reservations of one tenant; returns how many expired and whether more are due. */
-  async expireDue(tenantId: string, batchSize: number, eventIdBase: string): Promise<{ expired: number; more: boolean }> {
-    const k = this.keys;
-    // Finalized records expire after the retention period; their listing entries are trimmed
-    // once the record is gone (ACTIVE records never expire, so they are never trimmed).
-    const cutoff = Date.now() - this.retentionMs;
-    const reply = await this.scripts.run(
-      'expire',
-      [k.tenant(tenantId), k.expiryIndex(tenantId), k.outbox(tenantId), k.reservationIndex(tenantId)],
-      [String(batchSize), String(this.retentionMs), eventIdBase, '{"type":"system"}', tenantId, String(cutoff)],
-    );
-    return { expired: Number(reply[0]), more: Number(reply[1]) === 1 };
-  }
-
-  async getReservation(tenantId: string, reservationId: string): Promise<ReservationRecord | undefined> {
-    const rec = await this.redis.hgetall(this.keys.reservation(tenantId, reservationId));
-    return rec && Object.keys(rec).length > 0 ? rec : undefined;
-  }
-
-  async getReservations(tenantId: string, ids: string[]): Promise<Array<ReservationRecord | undefined>> {
-    return Promise.all(ids.map((id) => this.getReservation(tenantId, id)));
-  }
-
-  /** Reservation id created with this idempotency key (live reserves only). */
-  async reservationIdByKey(tenantId: string, idempotencyKey: string): Promise<string | undefined> {
-    const rid = await this.redis.hget(this.keys.idempotency(tenantId, 'reserve', idempotencyKey), 'x');
-    return rid ?? undefined;
+    const [due, old] = await Promise.all([
+      this.redis.zrangebyscore(this.keys.expiryIndex(tenantId), '-inf', nowMs - 1, 'LIMIT', 0, 1),
+      this.redis.xrange(this.keys.reservationLog(tenantId), '-', String(Math.max(0, nowMs - this.retentionMs - 1)), 'COUNT', 1),
+    ]);
+    return due.length > 0 || old.length > 0;
   }
 
   /**
-   * One window of the tenant's reservation index, newest first (or oldest first), strictly after
-   * the (score, id) position of a cursor. Returns [id, created_at] pairs.
+   * Expires due reservations of one tenant and purges finalized records past the retention period
+   * (ADR 0019); returns how many expired and were purged, and whether more work is waiting.
    */
-  async reservationIndexWindow(
-    tenantId: string,
-    direction: 'desc' | 'asc',
-    after: ScorePosition | undefined,
-    count: number,
-  ): Promise<Array<[string, number]>> {
-    return zsetWindow(this.redis, this.keys.reservationIndex(tenantId), direction, after, count);
+  async expireDue(tenantId: string, batchSize: number, eventIdBase: string): Promise<{ expired: number; purged: number; more: boolean }> {
+    const k = this.keys;
+    const t = tenantId;
+    const reply = await this.scripts.run(
+      'expire',
+      [k.tenant(t), k.expiryIndex(t), k.outbox(t), k.reservations(t), k.reservationLog(t), k.reserveIdempotencyIndex(t), k.reservationPurgeCursor(t)],
+      [String(batchSize), String(this.retentionMs), eventIdBase, '{"type":"system"}', t, String(batchSize)],
+    );
+    return { expired: Number(reply[0]), more: Number(reply[1]) === 1, purged: Number(reply[2]) };
+  }
+
+  /** The stored record of a reservation, decoded (see reservation-codec.ts). */
+  async getReservation(tenantId: string, shortId: string): Promise<ReservationRecord | undefined> {
+    const value = await this.redis.hgetBuffer(this.keys.reservations(tenantId), shortId);
+    return value ? decodeReservation(tenantId, value) : undefined;
+  }
+
+  async getReservations(tenantId: string, shortIds: string[]): Promise<Array<ReservationRecord | undefined>> {
+    if (shortIds.length === 0) return [];
+    const values = await this.redis.hmgetBuffer(this.keys.reservations(tenantId), ...shortIds);
+    return values.map((v) => (v ? decodeReservation(tenantId, v) : undefined));
+  }
+
+  /** Short id of the live reservation created with this idempotency key, if it is still kept. */
+  async reservationIdByKey(tenantId: string, idempotencyKey: string): Promise<string | undefined> {
+    const short = await this.redis.hget(this.keys.reserveIdempotencyIndex(tenantId), idempotencyField(idempotencyKey));
+    return short ?? undefined;
+  }
+
+  /**
+   * One window of the tenant's reservation log, newest first, strictly before the log entry id
+   * of a cursor. Returns [short id, log entry id] pairs.
+   */
+  async reservationLogWindow(tenantId: string, before: string | undefined, count: number): Promise<Array<[string, string]>> {
+    const entries = (await this.redis.xrevrange(this.keys.reservationLog(tenantId), before ? `(${before}` : '+', '-', 'COUNT', count)) as Array<
+      [string, string[]]
+    >;
+    return entries.map(([id, fields]) => [fields[1]!, id]);
+  }
+
+  /**
+   * Moves one batch of a tenant's reservations from the layout before ADR 0019 to records;
+   * returns how many moved and how many are left. Safe to run concurrently and repeatedly.
+   */
+  async migrateLegacyReservations(tenantId: string, batchSize: number): Promise<{ moved: number; left: number }> {
+    const k = this.keys;
+    const t = tenantId;
+    const reply = await this.scripts.run(
+      'migrate-reservations',
+      [k.tenant(t), k.legacyReservationIndex(t), k.reservations(t), k.reservationLog(t), k.expiryIndex(t), k.reserveIdempotencyIndex(t)],
+      [String(batchSize)],
+    );
+    return { moved: Number(reply[0]), left: Number(reply[1]) };
+  }
+
+  /** Whether the tenant still has reservations in the layout before ADR 0019. */
+  async hasLegacyReservations(tenantId: string): Promise<boolean> {
+    return (await this.redis.exists(this.keys.legacyReservationIndex(tenantId))) === 1;
   }
 
   /** Budget index members ("scope|unit") after `afterMember`, in lexicographic order. */

@@ -232,7 +232,7 @@ export class EventsService {
     for await (const page of this.tenants()) {
       for (const t of page) {
         if (t === SYSTEM_OWNER) continue;
-        const reply = await scripts.run('ledger-audit', [k.tenant(t), k.expiryIndex(t), k.budgetIndex(t)], [String(AUDIT_MAX_RESERVATIONS)]);
+        const reply = await scripts.run('ledger-audit', [k.tenant(t), k.expiryIndex(t), k.budgetIndex(t), k.reservations(t)], [String(AUDIT_MAX_RESERVATIONS)]);
         if (reply[0] === 'SKIPPED') {
           skipped++;
           continue;

@@ -9,8 +9,6 @@ const TENANT_PAGE = 500;
 const MAX_BATCHES_PER_TENANT = 50;
 /** Tenants swept concurrently; their calls share round trips through auto-pipelining. */
 const SWEEP_CONCURRENCY = 32;
-/** Every Nth pass also runs the script for idle tenants, to trim their listing index. */
-const TRIM_EVERY_PASSES = 60;
 
 export interface SweepOptions {
   runtimeStore: RuntimeStore;
@@ -23,13 +21,12 @@ export interface SweepOptions {
 
 /**
  * The expiry sweep's pass: walks the tenant registry and runs the expire script per tenant until
- * nothing is due. The events service runs it as the `expiry` BullMQ job scheduler (every
+ * nothing is due; the same script purges finalized reservations past the retention period. The events service runs it as the `expiry` BullMQ job scheduler (every
  * CYCLES_EXPIRY_INTERVAL_MS, ADR 0014), so a tick runs once across all processes. Each script call
  * is atomic and idempotent, so overlapping passes cannot expire a reservation twice.
  */
 export class ExpirySweep {
   private running: Promise<number> | undefined;
-  private passes = 0;
 
   constructor(private readonly opts: SweepOptions) {}
 
@@ -51,13 +48,10 @@ export class ExpirySweep {
 
   private async pass(): Promise<number> {
     let total = 0;
-    this.passes += 1;
-    const trimPass = this.passes % TRIM_EVERY_PASSES === 1;
     const sweepTenant = async (tenantId: string): Promise<void> => {
-      // A tenant with nothing due costs one cheap read, not a script call; only trim passes
-      // run the script for every tenant. The server clock is close enough for this pre-check:
-      // the script decides with Redis time.
-      if (!trimPass && !(await this.opts.runtimeStore.hasDue(tenantId, Date.now()))) return;
+      // A tenant with nothing to expire or purge costs two cheap reads, not a script call. The
+      // server clock is close enough for this pre-check: the script decides with Redis time.
+      if (!(await this.opts.runtimeStore.hasDue(tenantId, Date.now()))) return;
       for (let batch = 0; batch < MAX_BATCHES_PER_TENANT; batch += 1) {
         const r = await this.opts.runtimeStore.expireDue(tenantId, this.opts.batchSize, newEventIdBase());
         total += r.expired;

@@ -1,19 +1,115 @@
--- Helpers for scripts that act on an existing reservation (commit, release, extend, expire).
+-- Reservation records (ADR 0019). Every reservation of a tenant is one field of the tenant's hash
+-- P:{t}:rs, named by the reservation's short id (the random tail of `rsv_<tenant>_<short>`), whose
+-- value is a MessagePack map with one-letter keys. Scripts work on the long names below; only
+-- this file knows the codes. src/store/reservation-codec.ts decodes the same format.
 
-local RES_FIELDS = {'status', 'tenant', 'unit', 'estimate', 'scope_path', 'mask', 'expires',
-  'grace', 'policy', 'ext', 'ckey', 'chash', 'cres', 'rkey', 'rhash', 'rres', 'created', 'subject', 'action'}
+local RES_CODES = {
+  status = 's', action = 'a', unit = 'u', estimate = 'e', mask = 'm', created = 'c', grace = 'g',
+  ext = 'n', idem = 'k', hash = 'h', subject = 'j', meta = 'd',
+  committed = 'C', finalized = 'f', ckey = 'K', chash = 'H', cres = 'R', cmeta = 'D',
+  rkey = 'L', rhash = 'M', rres = 'N', reason = 'W', expired_at = 'X',
+}
+-- Stored in derived form: scope path (p = tail after the tenant segment, or P = whole path),
+-- expires (x = expires - created; y = the first x, kept once extended, for reserve replays),
+-- policy (o = one-letter code).
+local POLICY_CODE = { REJECT = 'R', ALLOW_IF_AVAILABLE = 'A', ALLOW_WITH_OVERDRAFT = 'O' }
+local POLICY_NAME = { R = 'REJECT', A = 'ALLOW_IF_AVAILABLE', O = 'ALLOW_WITH_OVERDRAFT' }
 
-local function load_reservation(key)
-  local v = redis.call('HMGET', key, unpack(RES_FIELDS))
-  if not v[1] then return nil end
-  local r = {}
-  for i, f in ipairs(RES_FIELDS) do r[f] = v[i] end
-  r.estimate = num(r.estimate)
-  r.expires = num(r.expires)
-  r.grace = num(r.grace)
-  r.created = num(r.created)
-  r.ext = num(r.ext)
+-- The tenant id inside a tenant-slot key name P:{t}:...
+local function tenant_of_key(key)
+  return string.match(key, '{(.*)}:')
+end
+
+-- The index field of an idempotency key in P:{t}:ik: 72 bits of its SHA-1 as 12 base64url
+-- characters (src/store/reservation-codec.ts computes the same).
+local B64 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_'
+local function idem_field(idem)
+  local hex = string.sub(redis.sha1hex(idem), 1, 18)
+  local out = {}
+  for i = 1, 18, 3 do
+    local v = tonumber(string.sub(hex, i, i + 2), 16)
+    local hi = math.floor(v / 64) + 1
+    local lo = v % 64 + 1
+    out[#out + 1] = string.sub(B64, hi, hi) .. string.sub(B64, lo, lo)
+  end
+  return table.concat(out)
+end
+
+local function res_decode(raw, tenant)
+  local r = { _raw = raw, tenant = tenant }
+  for name, code in pairs(RES_CODES) do r[name] = raw[code] end
+  if raw.P then
+    r.scope_path = raw.P
+  elseif raw.p and raw.p ~= '' then
+    r.scope_path = 'tenant:' .. tenant .. '/' .. raw.p
+  else
+    r.scope_path = 'tenant:' .. tenant
+  end
+  r.estimate = num(raw.e)
+  r.created = num(raw.c)
+  r.expires = r.created + num(raw.x)
+  r.grace = num(raw.g)
+  r.ext = num(raw.n)
+  r.policy = POLICY_NAME[raw.o] or raw.o or 'ALLOW_IF_AVAILABLE'
+  r.mask = raw.m or ''
   return r
+end
+
+-- The record of short id `short` in the tenant's reservation hash, or nil.
+local function load_reservation(rs_key, short)
+  local v = redis.call('HGET', rs_key, short)
+  if not v then return nil end
+  return res_decode(cmsgpack.unpack(v), tenant_of_key(rs_key))
+end
+
+-- A new record's raw map from long-named values (scope_path, expires and policy in long form).
+local function res_new(tenant, f)
+  local raw = {}
+  for name, code in pairs(RES_CODES) do
+    if f[name] ~= nil then raw[code] = f[name] end
+  end
+  local head = 'tenant:' .. tenant
+  if f.scope_path == head then
+    raw.p = ''
+  elseif string.sub(f.scope_path, 1, #head + 1) == head .. '/' then
+    raw.p = string.sub(f.scope_path, #head + 2)
+  else
+    raw.P = f.scope_path
+  end
+  raw.x = f.expires - f.created
+  raw.o = POLICY_CODE[f.policy] or f.policy
+  return raw
+end
+
+local function res_store(rs_key, short, raw)
+  redis.call('HSET', rs_key, short, cmsgpack.pack(raw))
+end
+
+-- Applies long-named changes to a loaded record and writes it back. `expires` is re-based on
+-- created; the first relative expiry is kept (y) so a replayed reserve answers what it first did.
+local function update_reservation(rs_key, short, r, changes)
+  local raw = r._raw
+  for name, value in pairs(changes) do
+    if name == 'expires' then
+      if raw.y == nil then raw.y = raw.x end
+      raw.x = value - r.created
+      r.expires = value
+    else
+      raw[RES_CODES[name]] = value
+      r[name] = value
+    end
+  end
+  res_store(rs_key, short, raw)
+end
+
+-- The reserve-time expires_at (before any extension).
+local function original_expires(r)
+  return r.created + num(r._raw.y or r._raw.x)
+end
+
+-- The public reservation id of a short id.
+local function full_rid(tenant, short)
+  return 'rsv_' .. tenant .. '_' .. short
 end
 
 -- The ledgers this reservation holds budget on: derived scopes whose mask bit is '1'. Their keys

@@ -9,6 +9,7 @@
     KEYS[1]  tenant record hash   P:{t}:tenant
     KEYS[2]  expiry index         P:{t}:exp
     KEYS[3]  budget ledger hash   P:{t}:b:<scope>:<unit>
+    KEYS[4]  reservation records  P:{t}:rs
     ARGV[1]  scope   ARGV[2] unit   ARGV[3] maximum ACTIVE reservations to examine
 
   Output: {'OK', previous_reserved, new_reserved} | {'BUDGET_NOT_FOUND'} | {'SKIPPED', count}
@@ -19,10 +20,9 @@
 if redis.call('EXISTS', KEYS[3]) == 0 then return {'BUDGET_NOT_FOUND'} end
 local n = redis.call('ZCARD', KEYS[2])
 if n > tonumber(ARGV[3]) then return {'SKIPPED', n} end
-local prefix = string.sub(KEYS[1], 1, #KEYS[1] - #'tenant')
 local held = 0
-for _, rid in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
-  local r = load_reservation(prefix .. 'r:' .. rid)
+for _, short in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  local r = load_reservation(KEYS[4], short)
   if r and r.status == 'ACTIVE' and r.unit == ARGV[2] then
     local scopes = prefixes(r.scope_path)
     for i = 1, #scopes do

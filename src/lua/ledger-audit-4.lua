@@ -9,6 +9,7 @@
     KEYS[1]  tenant record hash   P:{t}:tenant   (its prefix locates reservations and ledgers)
     KEYS[2]  expiry index         P:{t}:exp      (ids of ACTIVE reservations)
     KEYS[3]  budget index         P:{t}:budgets  ("scope|unit" members)
+    KEYS[4]  reservation records  P:{t}:rs
     ARGV[1]  maximum ACTIVE reservations to examine
 
   Output: {'SKIPPED', count} | {'OK', budgets_checked, drift rows...} where each drift row is
@@ -21,8 +22,8 @@ local n = redis.call('ZCARD', KEYS[2])
 if n > tonumber(ARGV[1]) then return {'SKIPPED', n} end
 local prefix = string.sub(KEYS[1], 1, #KEYS[1] - #'tenant')
 local held = {}
-for _, rid in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
-  local r = load_reservation(prefix .. 'r:' .. rid)
+for _, short in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  local r = load_reservation(KEYS[4], short)
   if r and r.status == 'ACTIVE' then
     local scopes = prefixes(r.scope_path)
     for i = 1, #scopes do

@@ -4,17 +4,18 @@
 
   Input:
     KEYS[1]  tenant record hash              P:{t}:tenant
-    KEYS[2]  idempotency record              P:{t}:i:<reserve|decide>:<key>
-    KEYS[3]  reservation hash (new id)       P:{t}:r:<rid>
-    KEYS[4]  reservation listing index       P:{t}:rix
+    KEYS[2]  dry-run idempotency record      P:{t}:i:<reserve|decide>:<key>
+    KEYS[3]  reservation records hash        P:{t}:rs    (short id -> record, ADR 0019)
+    KEYS[4]  reservation log stream          P:{t}:rlog  (creation order, listing)
     KEYS[5]  expiry index                    P:{t}:exp
     KEYS[6]  outbox stream                   P:{t}:outbox
     KEYS[7]  scope -> units hash             P:{t}:bunits
-    KEYS[8..] ledger of each derived scope in the requested unit, canonical order
+    KEYS[8]  live idempotency index          P:{t}:ik    (idem_field(key) -> short id)
+    KEYS[9..] ledger of each derived scope in the requested unit, canonical order
 
-    ARGV[1]  reservation id (used only when a live reservation is created)
+    ARGV[1]  reservation short id (used only when a live reservation is created)
     ARGV[2]  payload hash (canonical JSON of the request body)
-    ARGV[3]  mode: 'live' | 'dry' (dry_run=true or decide)
+    ARGV[3]  mode: 'live' | 'dry' (dry_run=true) | 'decide'
     ARGV[4]  estimate amount
     ARGV[5]  unit
     ARGV[6]  requested ttl_ms ('' = tenant default or 60000)
@@ -24,17 +25,24 @@
     ARGV[12] scope path          ARGV[13] idempotency key   ARGV[14] minimum idempotency TTL ms
     ARGV[15] event id base       ARGV[16] request id        ARGV[17] trace id
     ARGV[18] actor JSON          ARGV[19] tenant id
+    ARGV[20] '1' when the subject must be stored (it cannot be rebuilt from the scope path)
 
   Output (array):
     {'OK', now, 'ALLOW', rid, expires_at, created_at}             live reservation created
     {'OK', now, decision, reason_code}                            dry evaluation
     {'REPLAY', now, <stored result fields...>, reservation status} same key, same payload
+    {'ID_COLLISION', now}                                         short id taken: retry with another
     {<ERROR_CODE>, now, scope, detail...}                         refusal, nothing held
 
-  Side effects: ledger reserved += estimate on each budgeted scope; reservation hash; listing and
-  expiry index entries; idempotency record; reservation.denied event on a budget denial.
+  Idempotency: a live reservation is its own idempotency record (its key and payload hash are
+  fields of the record, found through P:{t}:ik) and answers replays for as long as the record is
+  kept; dry runs and decide keep a separate record with a TTL.
+
+  Side effects: ledger reserved += estimate on each budgeted scope; reservation record; log,
+  expiry and idempotency index entries; reservation.denied event on a budget denial.
 ]]
 --- @include "common"
+--- @include "reservation"
 
 local now = now_ms()
 -- ARGV[3] 'decide' is a dry evaluation whose denial event names the first affected scope.
@@ -48,27 +56,31 @@ local ctx = {
 }
 local SEP = '\31'
 
--- 1. Idempotency: replay or mismatch before anything else.
-local idem = redis.call('HMGET', KEYS[2], 'h', 'r', 'x')
+-- 1. Idempotency: replay or mismatch before anything else. Live reservations answer from their
+-- record; dry runs and decide from their own record.
+local live_hash = string.sub(ARGV[2], 1, 22)
+local ikf = nil
+if not decide then
+  ikf = idem_field(ARGV[13])
+  local short0 = redis.call('HGET', KEYS[8], ikf)
+  local r0 = short0 and load_reservation(KEYS[3], short0)
+  -- A mapping whose record was purged (or, at 2^-72 odds, another key's) is overwritten below.
+  if r0 and r0.idem == ARGV[13] then
+    if r0.hash ~= live_hash then return {'IDEMPOTENCY_MISMATCH', now} end
+    return {'REPLAY', now, 'ALLOW', full_rid(ctx.tenant, short0), fmt(original_expires(r0)), fmt(r0.created), r0.status}
+  end
+end
+local idem = redis.call('HMGET', KEYS[2], 'h', 'r')
 if idem[1] then
   if idem[1] ~= ARGV[2] then return {'IDEMPOTENCY_MISMATCH', now} end
   local out = {'REPLAY', now}
   for field in string.gmatch(idem[2], '[^' .. SEP .. ']+') do out[#out + 1] = field end
-  local status = ''
-  if idem[3] then
-    local prefix = string.sub(KEYS[1], 1, #KEYS[1] - #'tenant')
-    status = redis.call('HGET', prefix .. 'r:' .. idem[3], 'status') or ''
-  end
-  out[#out + 1] = status
+  out[#out + 1] = ''
   return out
 end
 
-local function remember(result, ttl_ms, rid)
-  if rid then
-    redis.call('HSET', KEYS[2], 'h', ARGV[2], 'r', table.concat(result, SEP), 'x', rid)
-  else
-    redis.call('HSET', KEYS[2], 'h', ARGV[2], 'r', table.concat(result, SEP))
-  end
+local function remember(result, ttl_ms)
+  redis.call('HSET', KEYS[2], 'h', ARGV[2], 'r', table.concat(result, SEP))
   redis.call('PEXPIRE', KEYS[2], ttl_ms)
 end
 
@@ -95,7 +107,7 @@ local function deny(reason, scope, remaining)
   denied_event(reason, scope, remaining)
   if mode == 'dry' then
     local result = {'DENY', reason}
-    remember(result, min_idem_ttl, nil)
+    remember(result, min_idem_ttl)
     return {'OK', now, 'DENY', reason}
   end
   return {reason, now, scope or '', remaining and fmt(remaining) or ''}
@@ -121,7 +133,7 @@ end
 local ledgers = {}
 local mask = {}
 for i = 1, #scopes do
-  local l = load_ledger(KEYS[7 + i])
+  local l = load_ledger(KEYS[8 + i])
   if l then
     l.scope = scopes[i]
     ledgers[#ledgers + 1] = l
@@ -144,7 +156,7 @@ if #ledgers == 0 then
   end
   if mode == 'dry' then
     local result = {'DENY', 'BUDGET_NOT_FOUND'}
-    remember(result, min_idem_ttl, nil)
+    remember(result, min_idem_ttl)
     return {'OK', now, 'DENY', 'BUDGET_NOT_FOUND'}
   end
   return {'NOT_FOUND', now, ARGV[12]}
@@ -152,7 +164,7 @@ end
 
 if mode == 'dry' then
   local result = {'ALLOW', '-'}
-  remember(result, min_idem_ttl, nil)
+  remember(result, min_idem_ttl)
   return {'OK', now, 'ALLOW', '-'}
 end
 
@@ -165,26 +177,21 @@ local policy = ARGV[8]
 if policy == '' then policy = t[4] or 'ALLOW_IF_AVAILABLE' end
 
 local rid = ARGV[1]
+if redis.call('HEXISTS', KEYS[3], rid) == 1 then return {'ID_COLLISION', now} end
 local expires = now + ttl
 for _, l in ipairs(ledgers) do
   redis.call('HINCRBY', l.key, 'reserved', fmt(estimate))
 end
-local fields = {
-  'status', 'ACTIVE', 'tenant', ctx.tenant, 'subject', ARGV[9], 'action', ARGV[10],
-  'unit', unit, 'estimate', fmt(estimate), 'scope_path', ARGV[12], 'mask', table.concat(mask),
-  'created', fmt(now), 'expires', fmt(expires), 'grace', fmt(grace), 'policy', policy,
-  'ext', '0', 'idem', ARGV[13],
-}
-if ARGV[11] ~= '' then
-  fields[#fields + 1] = 'meta'
-  fields[#fields + 1] = ARGV[11]
-end
-redis.call('HSET', KEYS[3], unpack(fields))
-redis.call('ZADD', KEYS[4], now, rid)
+res_store(KEYS[3], rid, res_new(ctx.tenant, {
+  status = 'ACTIVE', action = ARGV[10], unit = unit, estimate = estimate, scope_path = ARGV[12],
+  mask = table.concat(mask), created = now, expires = expires, grace = grace, policy = policy,
+  ext = 0, idem = ARGV[13], hash = live_hash,
+  subject = ARGV[20] == '1' and ARGV[9] or nil, meta = ARGV[11] ~= '' and ARGV[11] or nil,
+}))
+-- The log entry's id is the creation time; a clock behind the log's last entry (a failover to
+-- a replica with a slower clock) falls back to the next id the stream allows.
+local logged = redis.pcall('XADD', KEYS[4], fmt(now) .. '-*', 'r', rid)
+if type(logged) == 'table' and logged.err then redis.call('XADD', KEYS[4], '*', 'r', rid) end
 redis.call('ZADD', KEYS[5], expires + grace, rid)
-
-local result = {'ALLOW', rid, fmt(expires), fmt(now)}
-local idem_ttl = ttl + grace
-if idem_ttl < min_idem_ttl then idem_ttl = min_idem_ttl end
-remember(result, idem_ttl, rid)
-return {'OK', now, 'ALLOW', rid, fmt(expires), fmt(now)}
+redis.call('HSET', KEYS[8], ikf, rid)
+return {'OK', now, 'ALLOW', full_rid(ctx.tenant, rid), fmt(expires), fmt(now)}

@@ -24,10 +24,11 @@
     KEYS[5]  outbox stream             P:{t}:outbox
     KEYS[6]  cascade state hash        P:{t}:cascade
     KEYS[7]  released-amount hash      P:{t}:cascade:released
+    KEYS[8]  reservation records       P:{t}:rs
     ARGV[1]  batch size (children examined in this call)
     ARGV[2]  budget cursor: last "scope|unit" examined by this run, '' to start
     ARGV[3]  subscription cursor: last subscription id examined by this run, '' to start
-    ARGV[4]  retention of finalized reservation records, ms
+    ARGV[4]  (unused; finalized records are purged by the expiry sweep)
     ARGV[5]  event id base   ARGV[6] request id   ARGV[7] trace id   ARGV[8] actor JSON
     ARGV[9]  tenant id       ARGV[10] now, ISO-8601 (subscription updated_at)
 
@@ -59,10 +60,9 @@ end
 
 -- 1. Reservations. The expiry index holds exactly the ACTIVE ones; every entry examined leaves it.
 local live = redis.call('ZRANGE', KEYS[2], 0, batch - 1)
-for _, rid in ipairs(live) do
+for _, short in ipairs(live) do
   used = used + 1
-  local key = prefix .. 'r:' .. rid
-  local r = load_reservation(key)
+  local r = load_reservation(KEYS[8], short)
   if r and r.status == 'ACTIVE' then
     for _, l in ipairs(held_ledgers(prefix, r)) do
       -- A CLOSED ledger was drained whole; taking the hold off it again would count it twice.
@@ -71,10 +71,9 @@ for _, rid in ipairs(live) do
         redis.call('HINCRBY', KEYS[7], l.scope .. '|' .. r.unit, fmt(r.estimate))
       end
     end
-    redis.call('HSET', key, 'status', 'RELEASED', 'finalized', fmt(now), 'reason', 'tenant_closed')
-    redis.call('PEXPIRE', key, tonumber(ARGV[4]))
+    update_reservation(KEYS[8], short, r, { status = 'RELEASED', finalized = now, reason = 'tenant_closed' })
   end
-  redis.call('ZREM', KEYS[2], rid)
+  redis.call('ZREM', KEYS[2], short)
 end
 if redis.call('ZCARD', KEYS[2]) > 0 then return finish('MORE') end
 
