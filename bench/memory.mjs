@@ -1,13 +1,27 @@
 #!/usr/bin/env node
 // Redis memory benchmark: `npm run bench:memory` (builds first).
 //
+// Reservation layout (ADR 0019, docs/decisions/0019-reservation-records.md; src/store/keys.ts):
+// a reservation is no key of its own but one entry in each of four per-tenant containers:
+//   P:{t}:rs    hash    short id (12 chars) -> MessagePack record (one-letter keys)
+//   P:{t}:rlog  stream  one entry per reservation (r -> short id), entry id = created ms
+//   P:{t}:exp   zset    ACTIVE short ids scored by expires_at + grace
+//   P:{t}:ik    hash    12-char digest of the idempotency key -> short id (live reserve idempotency;
+//                       the record itself holds the key and the payload hash)
+// (plus P:{t}:rlogc, the purge cursor). Finalized records stay until the expiry sweep purges them
+// after the retention period (no key TTL).
+//
 // On a private redis-server (bench/lib/procs.mjs), through the real code paths of dist/system.js:
 //   1. tenants, then budget ledgers at three levels (tenant / workspace / agent);
 //   2. BENCH_MEMORY_RESERVATIONS active reservations (ttl 1 h) through system.runtime.reserve, spread
-//      over every agent of every tenant (each reserve holds on 3 ledgers), measured with the
-//      idempotency record reserve keeps, then again after deleting those records (without);
-//   3. a variant with request metadata (a field over 64 bytes turns the hash into a hashtable);
-//   4. committed reservations kept for the retention period (the record after commit);
+//      over every agent of every tenant (each reserve holds on 3 ledgers), measured with everything
+//      a live reserve writes (rs record, rlog, exp and ik entries: the headline figure, target
+//      <= 600 B), then again after deleting the tenants' P:{t}:ik hashes (which hold only the
+//      bench's reservations at that point; checked), giving the cost of the idempotency index
+//      entry; the ik hashes are then restored (DUMP/RESTORE) so later phases see the real layout;
+//   3. a variant with request metadata (stored in the record, which grows by its size);
+//   4. committed reservations kept for the retention period (the record after commit: commit
+//      fields added, expiry index entry removed; rs, rlog and ik entries stay until the purge);
 //   5. stored events and delivery records through the real pipeline: webhook subscriptions
 //      (loopback allowed through PUT /v1/admin/config/webhook-security on system.buildAdminApp()),
 //      live budget denials (reservation.denied, no idempotency record), system.startEventsService(),
@@ -15,9 +29,14 @@
 //      denials go to tenants with one subscription, half to tenants with two, so the per-event and
 //      per-delivery figures both come from used_memory deltas. BullMQ's retained completed jobs
 //      and event streams are measured, then cleaned, so they do not blur the Cycles figures.
-// Every figure is a used_memory delta (INFO memory, after a settle so incremental rehashing is
-// done), divided by the count; MEMORY USAGE of every key, grouped by key type, is the cross-check
-// and shows where the bytes go. Results: stdout (table) and bench/results/memory-<timestamp>.json.
+// Every figure is a used_memory delta (INFO memory, after a settle; client buffers,
+// mem_clients_normal, left out; latency-tracking off so first-use per-command histograms do not
+// count), divided by the count. The per-tenant containers are hash tables (rs, ik, exp's dict)
+// that double their bucket arrays (8 B a bucket) and rehash only as they are written, so the
+// per-reservation figures move by some tens of bytes with the number of reservations per tenant. The cross-checks are MEMORY USAGE (SAMPLES 0 = exact): of the four reservation
+// containers summed over the tenants and divided by the number of reservations, and of every key
+// grouped by key type (where the bytes go); plus the encoded record sizes (HSTRLEN).
+// Results: stdout (table) and bench/results/memory-<timestamp>.json.
 import { randomBytes, randomUUID } from 'node:crypto';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
@@ -63,7 +82,11 @@ async function parallel(n, concurrency, fn) {
   await Promise.all(Array.from({ length: Math.min(concurrency, n) }, worker));
 }
 
-/** Key type of a key name, for the MEMORY USAGE breakdown (layout in src/store/keys.ts). */
+/**
+ * Key type of a key name, for the MEMORY USAGE breakdown (layout in src/store/keys.ts): tenant-slot
+ * keys group by the name part after `}:` (`{t}:rs`, `{t}:rlog`, `{t}:rlogc`, `{t}:exp`, `{t}:ik`,
+ * `{t}:b`, ...), idempotency records by endpoint (`{t}:i:reserve`, `{t}:i:decide`, ...).
+ */
 function keyType(key) {
   if (key.startsWith(`{${PREFIX}:q}:`)) {
     const rest = key.slice(PREFIX.length + 5);
@@ -121,12 +144,15 @@ async function breakdown(r) {
 async function main() {
   const redis = await startRedis();
   log(`redis ${redis.version} on ${redis.url}`);
-  if (REDIS_CONFIG.length > 0) {
+  {
     const { Redis } = await import('ioredis');
     const c = new Redis(redis.url);
+    // Redis 7 allocates a latency histogram (~25 KB) the first time each command runs; off, so
+    // that first uses (DUMP, XLEN, OBJECT, ... of the checks) do not show up in the deltas.
+    await c.config('SET', 'latency-tracking', 'no').catch(() => log('latency-tracking not settable (Redis < 7)'));
     for (const [k, v] of REDIS_CONFIG) await c.config('SET', k, v);
     c.disconnect();
-    log(`CONFIG SET ${REDIS_CONFIG.map(([k, v]) => `${k} ${v}`).join(', ')}`);
+    if (REDIS_CONFIG.length > 0) log(`CONFIG SET ${REDIS_CONFIG.map(([k, v]) => `${k} ${v}`).join(', ')}`);
   }
   const { createSystem } = await import(pathToFileURL(join(REPO, 'dist', 'system.js')).href);
   const system = await createSystem({
@@ -138,9 +164,12 @@ async function main() {
   const receiver = { count: 0, server: undefined, url: '' };
   try {
     const used = async () => {
-      await sleep(Number(process.env.BENCH_MEMORY_SETTLE_MS ?? 1500)); // let incremental rehashing finish
+      await sleep(Number(process.env.BENCH_MEMORY_SETTLE_MS ?? 1500)); // let the keyspace's incremental rehashing finish
       const info = await r.info('memory');
-      return Number(/used_memory:(\d+)/.exec(info)[1]);
+      // Client query and reply buffers (mem_clients_normal, tens of KB that come and go with the
+      // bench's own pipelines) are not data: left out, or they swing the small-count figures.
+      const clients = Number(/mem_clients_normal:(\d+)/.exec(info)?.[1] ?? 0);
+      return Number(/used_memory:(\d+)/.exec(info)[1]) - clients;
     };
     const dbsize = () => r.dbsize();
     const scanDel = async (match) => {
@@ -227,81 +256,156 @@ async function main() {
     log(`created in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
     const m3 = await used();
     const ob3 = await outboxBytes();
-    const withIdem = per('active reservation, with reserve idempotency record', m3 - m2 - (ob3 - ob2), N);
+    const withIdem = per('active reservation, with idempotency record (rs, rlog, exp, ik entries)', m3 - m2 - (ob3 - ob2), N);
     const keys3 = await dbsize();
-    const afterReservations = await breakdown(r);
-    // What-if: the same hashes with listpack encoding (copies written under a raised
-    // hash-max-listpack-value, measured, deleted; the setting is restored).
-    const whatIf = {};
+    const tenantOf = (rid) => rid.slice(4, rid.lastIndexOf('_'));
+    const shortOf = (rid) => rid.slice(rid.lastIndexOf('_') + 1);
+    const perTenant = new Map(tenants.map((t) => [t, 0]));
+    for (const rid of ridsByIndex) perTenant.set(tenantOf(rid), perTenant.get(tenantOf(rid)) + 1);
+    // The four containers of every tenant, with their entry counts: each must hold exactly the
+    // bench's reservations of that tenant (so deleting P:{t}:ik below removes only those entries).
+    const containers = { rs: 'reservations', rlog: 'reservationLog', exp: 'expiryIndex', ik: 'reserveIdempotencyIndex' };
+    const containerBytes = async () => {
+      const out = {};
+      for (const [name, fn] of Object.entries(containers)) {
+        const p = r.pipeline();
+        for (const t of tenants) p.call('MEMORY', 'USAGE', system.keys[fn](t), 'SAMPLES', '0');
+        out[name] = (await p.exec()).reduce((sum, [, v]) => sum + Number(v ?? 0), 0);
+      }
+      return out;
+    };
+    const containerInfo = {};
     {
-      const [, before] = await r.config('GET', 'hash-max-listpack-value');
-      await r.config('SET', 'hash-max-listpack-value', '1024');
-      const sample = ridsByIndex.slice(0, Math.min(500, N));
-      const acc = { reservation: [0, 0, 0], idempotency: [0, 0, 0] };
-      for (const rid of sample) {
-        const t = rid.slice(4, rid.lastIndexOf('_'));
-        const rk = system.keys.reservation(t, rid);
-        const ik = system.keys.idempotency(t, 'reserve', await r.hget(rk, 'idem'));
-        for (const [kind, key] of [['reservation', rk], ['idempotency', ik]]) {
-          const copy = `${PREFIX}:{${t}}:whatif:${kind}`;
-          await r.hset(copy, await r.hgetall(key));
-          acc[kind][0] += Number(await r.call('MEMORY', 'USAGE', key, 'SAMPLES', '0'));
-          acc[kind][1] += Number(await r.call('MEMORY', 'USAGE', copy, 'SAMPLES', '0'));
-          acc[kind][2] += 1;
-          await r.del(copy);
+      const p = r.pipeline();
+      for (const t of tenants) {
+        p.hlen(system.keys.reservations(t));
+        p.xlen(system.keys.reservationLog(t));
+        p.zcard(system.keys.expiryIndex(t));
+        p.hlen(system.keys.reserveIdempotencyIndex(t));
+      }
+      const res = await p.exec();
+      tenants.forEach((t, i) => {
+        const [rs, rlog, exp, ik] = res.slice(i * 4, i * 4 + 4).map(([, v]) => Number(v));
+        const want = perTenant.get(t);
+        if (rs !== want || rlog !== want || exp !== want || ik !== want) {
+          throw new Error(`tenant ${t}: expected ${want} reservations in rs/rlog/exp/ik, found ${rs}/${rlog}/${exp}/${ik}`);
         }
+      });
+      for (const [name, fn] of Object.entries(containers)) {
+        const encodings = {};
+        for (const t of tenants) {
+          const enc = String(await r.call('OBJECT', 'ENCODING', system.keys[fn](t)));
+          encodings[enc] = (encodings[enc] ?? 0) + 1;
+        }
+        containerInfo[name] = { key: system.keys[fn]('<t>'), encodings };
       }
-      await r.config('SET', 'hash-max-listpack-value', before);
-      for (const [kind, [cur, lp, n]] of Object.entries(acc)) {
-        whatIf[kind] = { memory_usage_now: Math.round(cur / n), memory_usage_as_listpack: Math.round(lp / n), samples: n };
-      }
-      const fields = await r.hgetall(system.keys.reservation(ridsByIndex[0].slice(4, ridsByIndex[0].lastIndexOf('_')), ridsByIndex[0]));
-      whatIf.reservation.longest_values = Object.entries(fields).map(([k, v]) => [k, Buffer.byteLength(v)]).sort((a, b) => b[1] - a[1]).slice(0, 4);
-      const idemFields = await r.hgetall(system.keys.idempotency(ridsByIndex[0].slice(4, ridsByIndex[0].lastIndexOf('_')), 'reserve', fields.idem));
-      whatIf.idempotency.longest_values = Object.entries(idemFields).map(([k, v]) => [k, Buffer.byteLength(v)]).sort((a, b) => b[1] - a[1]).slice(0, 3);
-      log(`listpack what-if: ${JSON.stringify(whatIf)}`);
     }
-    log('deleting the reserve idempotency records');
-    const idemDeleted = await scanDel(`${PREFIX}:{*}:i:reserve:*`);
+    const muRes = await containerBytes();
+    // Without the idempotency index: the tenants' P:{t}:ik hashes hold exactly the bench's
+    // reservations (checked above), so deleting them removes one ik entry per reservation. They are
+    // restored right after (DUMP/RESTORE), so the later phases write into the real layout. Nothing
+    // but the deletion happens between m3b and m4; m3b - m3 (no data changed: buffers of the checks
+    // above) is reported as drift and kept out of the "without" figure.
+    log('deleting the tenants\' reserve idempotency index hashes (P:{t}:ik), keeping DUMPs to restore them');
+    const ikDumps = [];
+    let ikEntries = 0;
+    for (const t of tenants) {
+      const key = system.keys.reserveIdempotencyIndex(t);
+      ikEntries += await r.hlen(key);
+      ikDumps.push([key, await r.dumpBuffer(key)]);
+    }
+    const m3b = await used();
+    await r.del(...ikDumps.map(([k]) => k));
     const m4 = await used();
-    const withoutIdem = per('active reservation, without idempotency record', m4 - m2 - (ob3 - ob2), N, `${idemDeleted} records deleted`);
-    per('reserve idempotency record', m3 - m4, idemDeleted);
+    const drift = m3b - m3;
+    const withoutIdem = per('active reservation, without idempotency record (ik deleted)', m4 - drift - m2 - (ob3 - ob2), N,
+      `${ikDumps.length} P:{t}:ik hashes deleted (${ikEntries} entries); used_memory drift before the deletion ${drift} B excluded`);
+    const ikEach = per('reserve idempotency index entry (P:{t}:ik field)', m3b - m4, ikEntries, 'with minus without');
+    for (const [key, dump] of ikDumps) await r.restore(key, 0, dump);
+    const m4r = await used();
+    log(`ik hashes restored: used_memory ${m4r - m3b >= 0 ? '+' : ''}${m4r - m3b} B against just before the deletion (drift before it: ${drift} B)`);
+    const afterReservations = await breakdown(r);
+    const ikRestored = (await containerBytes()).ik;
+    if (ikRestored !== muRes.ik) log(`MEMORY USAGE of the ik hashes: ${muRes.ik} B before the deletion, ${ikRestored} B restored (RESTORE sizes a table for its length; one mid-rehash holds two)`);
+    // Encoded record sizes: HSTRLEN of a sample of rs fields, and the largest entries of one record
+    // (approximate MessagePack bytes of key + value; the record is one value of the rs hash).
+    const { decodeMsgpack } = await import(pathToFileURL(join(REPO, 'dist', 'store', 'reservation-codec.js')).href);
+    const mpLen = (v) => {
+      if (typeof v === 'string') {
+        const n = Buffer.byteLength(v);
+        return n + (n < 32 ? 1 : n < 256 ? 2 : n < 65536 ? 3 : 5);
+      }
+      if (typeof v === 'number') {
+        if (!Number.isInteger(v)) return 9;
+        const a = Math.abs(v);
+        return a < 128 ? 1 : a < 256 ? 2 : a < 65536 ? 3 : a < 2 ** 32 ? 5 : 9;
+      }
+      return 1;
+    };
+    const recordSizes = async (rids) => {
+      const p = r.pipeline();
+      for (const rid of rids) p.hstrlen(system.keys.reservations(tenantOf(rid)), shortOf(rid));
+      const lens = (await p.exec()).map(([, v]) => Number(v));
+      const raw = decodeMsgpack(await r.hgetBuffer(system.keys.reservations(tenantOf(rids[0])), shortOf(rids[0])));
+      return {
+        samples: lens.length, avg_bytes: Math.round(lens.reduce((a, b) => a + b, 0) / lens.length),
+        min_bytes: Math.min(...lens), max_bytes: Math.max(...lens),
+        status: raw.s, largest_entries: Object.entries(raw).map(([k, v]) => [k, 1 + mpLen(v)]).sort((a, b) => b[1] - a[1]).slice(0, 5),
+        entries: Object.keys(raw).length,
+      };
+    };
+    const sampleStep = Math.max(1, Math.floor(N / 500));
+    const activeRecord = await recordSizes(ridsByIndex.filter((_, i) => i % sampleStep === 0).slice(0, 500));
+    log(`active record: ${JSON.stringify(activeRecord)}`);
 
-    // --- 3. reservations with metadata (hashtable-encoded hash) --------------------------------
+    // --- 3. reservations with metadata (stored in the record) ----------------------------------
     let metaEach = null;
     let metaSample = null;
     if (META_N > 0) {
       const meta = { run_id: randomUUID(), prompt: 'summarize the quarterly report for the finance team', model_params: { temperature: 0.2, max_tokens: 1024 } };
       const metaRids = [];
-      await parallel(META_N, CONCURRENCY, async (i) => { metaRids.push(await reserve(i, { metadata: meta })); });
+      // Spread evenly over the tenants (i-th goes to tenant i % TENANTS), so that no few tenants'
+      // containers cross a hash-table doubling and blur the per-reservation figure.
+      const perT = WORKSPACES * AGENTS;
+      const spread = (i) => (i % TENANTS) * perT + (Math.floor(i / TENANTS) % perT);
+      await parallel(META_N, CONCURRENCY, async (i) => { metaRids.push(await reserve(spread(i), { metadata: meta })); });
       const m5 = await used();
-      metaEach = per(`active reservation with ${JSON.stringify(meta).length}-byte metadata, with idempotency record`, m5 - m4, META_N);
-      const s0 = ridsByIndex[0];
-      const s1 = metaRids[0];
-      const t = (rid) => rid.slice(4, rid.lastIndexOf('_'));
-      metaSample = {
-        plain: { key: system.keys.reservation(t(s0), s0), memory_usage: await r.call('MEMORY', 'USAGE', system.keys.reservation(t(s0), s0), 'SAMPLES', '0'), encoding: await r.call('OBJECT', 'ENCODING', system.keys.reservation(t(s0), s0)) },
-        with_metadata: { key: system.keys.reservation(t(s1), s1), memory_usage: await r.call('MEMORY', 'USAGE', system.keys.reservation(t(s1), s1), 'SAMPLES', '0'), encoding: await r.call('OBJECT', 'ENCODING', system.keys.reservation(t(s1), s1)) },
-        longest_field: Object.entries(await r.hgetall(system.keys.reservation(t(s0), s0))).map(([k, v]) => [k, v.length]).sort((a, b) => b[1] - a[1]).slice(0, 3),
-      };
-      // They stay (active, with their idempotency records); what follows is measured as deltas.
+      metaEach = per(`active reservation with ${JSON.stringify(meta).length}-byte metadata, with idempotency record`, m5 - m4r, META_N);
+      metaSample = { metadata_bytes: JSON.stringify(meta).length, plain: activeRecord, with_metadata: await recordSizes(metaRids.slice(0, 500)) };
+      log(`record with metadata: ${JSON.stringify(metaSample.with_metadata)}`);
+      // They stay (active, with their idempotency index entries); what follows is measured as deltas.
     }
 
     // --- 4. committed reservations kept for the retention period ------------------------------
     let committedEach = null;
+    let committedRecord = null;
     if (COMMITS > 0) {
+      const nCommits = Math.min(COMMITS, N);
+      const exp6 = (await containerBytes()).exp;
       const m6 = await used();
       const ob6 = await outboxBytes();
-      await parallel(Math.min(COMMITS, N), CONCURRENCY, async (i) => {
+      await parallel(nCommits, CONCURRENCY, async (i) => {
         const rid = ridsByIndex[i];
-        const t = rid.slice(4, rid.lastIndexOf('_'));
-        await system.runtime.commit(tenantAuth(t), rid, { idempotency_key: randomUUID(), actual: { unit: UNIT, amount: 2000 } }, undefined, corr());
+        await system.runtime.commit(tenantAuth(tenantOf(rid)), rid, { idempotency_key: randomUUID(), actual: { unit: UNIT, amount: 2000 } }, undefined, corr());
       });
       const m7 = await used();
       const ob7 = await outboxBytes();
-      const delta = per('commit of an active reservation (change)', m7 - m6 - (ob7 - ob6), Math.min(COMMITS, N),
-        'the record stays (retention TTL), leaves the expiry index, gains commit fields');
-      committedEach = withoutIdem + delta;
+      const delta = per('commit of an active reservation (change)', m7 - m6 - (ob7 - ob6), nCommits,
+        'record gains commit fields, leaves exp; rs, rlog and ik entries stay until the retention purge');
+      committedEach = withIdem + delta;
+      committedRecord = await recordSizes(ridsByIndex.slice(0, Math.min(500, nCommits)));
+      committedRecord.exp_memory_usage_change_each = Math.round(((await containerBytes()).exp - exp6) / nCommits);
+      // What the figure stands for: committed records out of the expiry index, still in rs.
+      const p = r.pipeline();
+      for (const rid of ridsByIndex.slice(0, nCommits)) {
+        p.zscore(system.keys.expiryIndex(tenantOf(rid)), shortOf(rid));
+        p.hexists(system.keys.reservations(tenantOf(rid)), shortOf(rid));
+      }
+      const checks = await p.exec();
+      const inExp = checks.filter(([, v], i) => i % 2 === 0 && v !== null).length;
+      const inRs = checks.filter(([, v], i) => i % 2 === 1 && Number(v) === 1).length;
+      if (inExp > 0 || inRs !== nCommits) throw new Error(`committed: ${inExp} still in exp, ${inRs}/${nCommits} in rs`);
+      log(`committed record: ${JSON.stringify(committedRecord)}`);
     }
 
     // --- 5. events and deliveries through the pipeline ----------------------------------------
@@ -419,15 +523,14 @@ async function main() {
     }
 
     // --- cross-check and report ----------------------------------------------------------------
-    const rb = afterReservations;
-    const mu = (t) => (rb[t] ? rb[t].bytes : 0);
+    // MEMORY USAGE of each bench tenant's containers right after the reservations, summed, / N.
     const muPer = {
-      reservation_hash: Math.round(mu('{t}:r') / N),
-      listing_index_rix: Math.round((mu('{t}:rix')) / N),
-      expiry_index_exp: Math.round((mu('{t}:exp')) / N),
-      idempotency_record: Math.round(mu('{t}:i:reserve') / N),
+      'rs (records hash)': Math.round(muRes.rs / N),
+      'rlog (log stream)': Math.round(muRes.rlog / N),
+      'exp (expiry zset)': Math.round(muRes.exp / N),
+      'ik (idempotency index)': Math.round(muRes.ik / N),
     };
-    muPer.total = muPer.reservation_hash + muPer.listing_index_rix + muPer.expiry_index_exp + muPer.idempotency_record;
+    muPer.total = Math.round((muRes.rs + muRes.rlog + muRes.exp + muRes.ik) / N);
     const lb = afterLedgers;
     const ledgerMu = {
       ledger_hash: Math.round((lb['{t}:b']?.bytes ?? 0) / LEDGERS),
@@ -444,12 +547,16 @@ async function main() {
         ledgers_held_per_reservation: 3, metadata_reservations: META_N, commits: COMMITS, events: EVENTS,
         reservations_per_tenant: Math.round(N / TENANTS), key_prefix: PREFIX, redis_config: Object.fromEntries(REDIS_CONFIG),
         zset_max_listpack_entries: (await r.config('GET', 'zset-max-listpack-entries'))[1],
-        hash_max_listpack_value: (await r.config('GET', 'hash-max-listpack-value'))[1] },
+        latency_tracking: (await r.config('GET', 'latency-tracking'))[1] ?? null,
+        hash_max_listpack_entries: (await r.config('GET', 'hash-max-listpack-entries'))[1],
+        hash_max_listpack_value: (await r.config('GET', 'hash-max-listpack-value'))[1],
+        stream_node_max_entries: (await r.config('GET', 'stream-node-max-entries'))[1],
+        stream_node_max_bytes: (await r.config('GET', 'stream-node-max-bytes'))[1] },
       target_bytes_per_active_reservation: 600,
-      per_active_reservation: { with_idempotency_record: withIdem, without_idempotency_record: withoutIdem, memory_usage_cross_check: muPer },
+      per_active_reservation: { with_idempotency_record: withIdem, without_idempotency_record: withoutIdem, reserve_idempotency_index_entry: ikEach,
+        memory_usage_cross_check: muPer, memory_usage_totals: muRes, containers: containerInfo, used_memory_drift_before_ik_deletion: drift, ik_restore_used_memory_change: m4r - m3b },
       per_active_reservation_with_metadata: metaEach,
-      reservation_hash_samples: metaSample,
-      listpack_what_if: whatIf,
+      record_sizes: { active: activeRecord, metadata: metaSample, committed: committedRecord },
       per_committed_reservation_in_retention: committedEach,
       per_ledger: ledgerBytes,
       per_ledger_memory_usage: ledgerMu,
@@ -465,11 +572,21 @@ async function main() {
 
     const pad = (s, n) => String(s).padEnd(n);
     const lpad = (s, n) => String(s).padStart(n);
-    let table = `\n${pad('item', 72)} ${lpad('count', 8)} ${lpad('bytes each', 11)}\n${'-'.repeat(93)}\n`;
-    for (const row of rows) table += `${pad(row.item, 72)} ${lpad(row.count, 8)} ${lpad(row.bytes_each, 11)}\n`;
-    table += `\nMEMORY USAGE per active reservation (cross-check, excludes expires-dict entries and table slack):\n`;
-    for (const [k, v] of Object.entries(muPer)) table += `  ${pad(k, 22)} ${lpad(v, 6)}\n`;
-    table += `\nSame hashes as listpack (hash-max-listpack-value raised), MEMORY USAGE avg: reservation ${whatIf.reservation.memory_usage_now} -> ${whatIf.reservation.memory_usage_as_listpack} B, idempotency ${whatIf.idempotency.memory_usage_now} -> ${whatIf.idempotency.memory_usage_as_listpack} B; longest values ${JSON.stringify(whatIf.reservation.longest_values)} / ${JSON.stringify(whatIf.idempotency.longest_values)}\n`;
+    const W = Math.max(72, ...rows.map((row) => row.item.length));
+    let table = `\n${pad('item', W)} ${lpad('count', 8)} ${lpad('bytes each', 11)}\n${'-'.repeat(W + 21)}\n`;
+    for (const row of rows) table += `${pad(row.item, W)} ${lpad(row.count, 8)} ${lpad(row.bytes_each, 11)}\n`;
+    if (committedEach !== null) table += `${pad('committed reservation kept for the retention period (with + commit change)', W)} ${lpad('', 8)} ${lpad(committedEach, 11)}\n`;
+    table += `\nMEMORY USAGE per active reservation (cross-check: SAMPLES 0 of each container, summed over ${TENANTS} tenants, / ${N};\n`;
+    table += `excludes the keyspace entries of the ${TENANTS * 4} container keys and allocator fragmentation):\n`;
+    for (const [k, v] of Object.entries(muPer)) {
+      const c = Object.entries(containerInfo).find(([name]) => k.startsWith(`${name} `));
+      table += `  ${pad(k, 24)} ${lpad(v, 6)}${c ? `  ${JSON.stringify(c[1].encodings)}` : ''}\n`;
+    }
+    const rec = (x) => `avg ${x.avg_bytes} B (min ${x.min_bytes}, max ${x.max_bytes}, ${x.samples} samples, ${x.entries} map entries); largest entries ${JSON.stringify(x.largest_entries)}`;
+    table += `\nEncoded record (HSTRLEN of P:{t}:rs fields; entries as approx. MessagePack bytes of key + value):\n`;
+    table += `  active:        ${rec(activeRecord)}\n`;
+    if (metaSample) table += `  with metadata: ${rec(metaSample.with_metadata)}\n`;
+    if (committedRecord) table += `  committed:     ${rec(committedRecord)}\n`;
     table += `\nKey types after the reservations (MEMORY USAGE, SAMPLES 0):\n`;
     table += `  ${pad('type', 28)} ${lpad('keys', 8)} ${lpad('total B', 12)} ${lpad('avg B', 8)}  encodings\n`;
     for (const [k, v] of Object.entries(afterReservations)) {
@@ -482,7 +599,7 @@ async function main() {
         table += `  ${pad(k, 28)} ${lpad(v.keys, 8)} ${lpad(v.bytes, 12)} ${lpad(v.avg_bytes, 8)}  ${JSON.stringify(v.encodings)}\n`;
       }
     }
-    table += `\nTarget <= 600 B per active reservation: with idempotency record ${withIdem} B (${withIdem <= 600 ? 'met' : 'NOT met'}), without ${withoutIdem} B (${withoutIdem <= 600 ? 'met' : 'NOT met'})\n`;
+    table += `\nTarget <= 600 B per active reservation, including its idempotency record: ${withIdem} B (${withIdem <= 600 ? 'met' : 'NOT met'}; without the idempotency index entry ${withoutIdem} B)\n`;
     process.stdout.write(table);
     log(`written ${file}`);
   } finally {

@@ -44,6 +44,11 @@ export interface SystemOptions {
   bodyLimitBytes: number;
   authCacheTtlMs: number;
   reservationRetentionMs: number;
+  /**
+   * Internal: the shortest time a live reserve's record is kept after its creation, so that a
+   * retried reserve replays (24 h, as the idempotency records before ADR 0019). Tests shorten it.
+   */
+  reserveReplayWindowMs?: number;
   expiryIntervalMs: number;
   expiryBatchSize: number;
   /** Base64 of the 32-byte webhook secret key; unset = HKDF of the admin key (ADR 0013). */
@@ -145,7 +150,7 @@ export async function createSystem(opts: SystemOptions): Promise<System> {
   const scripts = registerScripts(redis, (script, seconds, result) => {
     metrics.scriptDuration.observe({ script, result: scriptOutcomeLabel(result) }, seconds);
   }, { waitReplicas: opts.redisWaitReplicas ?? 0, waitTimeoutMs: opts.redisWaitTimeoutMs ?? 1000 });
-  const runtimeStore = new RuntimeStore(redis, scripts, keys, opts.reservationRetentionMs);
+  const runtimeStore = new RuntimeStore(redis, scripts, keys, opts.reservationRetentionMs, opts.reserveReplayWindowMs);
   const adminStore = new AdminStore(redis, scripts, keys);
   const authenticator = new Authenticator(adminStore, opts.adminApiKey, opts.authCacheTtlMs);
   const docs = { enabled: opts.swaggerEnabled ?? true, public: opts.docsPublic ?? false };
@@ -214,6 +219,7 @@ export async function createSystem(opts: SystemOptions): Promise<System> {
       deliveryConcurrency: opts.deliveryConcurrency ?? 32,
       lockDurationMs: opts.jobLockMs ?? 30_000,
       audit: { retentionMs: audit.retentionMs, unauthRetentionMs: audit.unauth.retentionMs },
+      migrateLayout: async () => (await migrateReservationLayout(runtimeStore, adminStore, log('redis'))).moved,
       finishCascades: async () => {
         // Cascades still pending a minute after they started were interrupted: finish them.
         const stale = await redis.zrangebyscore(keys.cascadePending(), '-inf', Date.now() - CASCADE_RESUME_AFTER_MS, 'LIMIT', 0, 100);

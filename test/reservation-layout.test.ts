@@ -129,7 +129,7 @@ describe('reservation records (ADR 0019)', () => {
 describe('retention purge (ADR 0019)', () => {
   let p: Harness;
   beforeAll(async () => {
-    p = await startHarness({ keyPrefix: `cyret${randomBytes(3).toString('hex')}`, events: { reservationRetentionMs: 300 } });
+    p = await startHarness({ keyPrefix: `cyret${randomBytes(3).toString('hex')}`, events: { reservationRetentionMs: 300, reserveReplayWindowMs: 700 } });
   });
   afterAll(async () => {
     await p.close();
@@ -144,9 +144,14 @@ describe('retention purge (ADR 0019)', () => {
     const active = await t.reserveOk(30, { ttl_ms: 3_600_000 });
     expect((await t.commit(committed, 10)).statusCode).toBe(200);
     expect((await t.release(released)).statusCode).toBe(200);
-    // Inside the retention period nothing is purged.
+    // Inside the retention period nothing is purged; past it, nothing younger than the replay
+    // window either (a retried reserve must still replay).
     await p.system.sweep.sweepOnce();
     expect(await redis.hlen(keys.reservations(t.id))).toBe(3);
+    await sleep(400);
+    await p.system.sweep.sweepOnce();
+    expect(await redis.hlen(keys.reservations(t.id))).toBe(3);
+    expect(json(await t.post('/v1/reservations', body)).reservation_id).toBe(committed);
     await sleep(400);
     await p.system.sweep.sweepOnce();
     expect(await redis.hkeys(keys.reservations(t.id))).toEqual([short(active)]);
@@ -170,6 +175,7 @@ describe('retention purge (ADR 0019)', () => {
     // One call: expires at most one batch and examines one batch of the log.
     const step = await p.system.runtimeStore.expireDue(t.id, 100, 'evt_00000000000000');
     expect(step).toMatchObject({ expired: 100, more: true });
+    await sleep(800); // past the replay window too
     for (let i = 0; i < 20 && (await p.system.redis.hlen(p.system.keys.reservations(t.id))) > 0; i++) {
       await sleep(100);
       await p.system.sweep.sweepOnce();
@@ -283,7 +289,48 @@ describe('migration from one hash per reservation (ADR 0019)', () => {
   });
 });
 
+describe('a process of the previous version writing after the migration', () => {
+  it('its expiry entry survives the sweep until the next migration pass moves it, and the hold then expires once', async () => {
+    const t = await createTenant(h);
+    const k = h.system.keys;
+    const redis = h.system.redis;
+    const rid = `rsv_${t.id}_${'a'.repeat(24)}`;
+    const created = Date.now() - 5000;
+    // What reserve-7 (before ADR 0019) wrote: a due ACTIVE reservation of 30 on both ledgers.
+    await redis.hset(k.legacyReservation(t.id, rid), {
+      status: 'ACTIVE', tenant: t.id, subject: JSON.stringify({ tenant: t.id, workspace: 'prod' }), action: '{"kind":"k","name":"n"}',
+      unit: USD, estimate: '30', scope_path: t.scope('workspace:prod'), mask: '11', created: String(created), expires: String(created + 1000),
+      grace: '0', policy: 'REJECT', ext: '0', idem: 'old-process',
+    });
+    await redis.zadd(k.legacyReservationIndex(t.id), created, rid);
+    await redis.zadd(k.expiryIndex(t.id), created + 1000, rid);
+    for (const scope of [t.scope(), t.scope('workspace:prod')]) await redis.hincrby(k.budget(t.id, scope, USD), 'reserved', 30);
+    // The new sweep cannot read it, and keeps its entry instead of dropping the hold's only trace.
+    await h.system.runtimeStore.expireDue(t.id, 50, 'evt_00000000000000');
+    expect(await redis.zscore(k.expiryIndex(t.id), rid)).not.toBeNull();
+    expect((await t.balance('workspace:prod')).reserved.amount).toBe(30);
+    // Reconciliation's migration pass moves it; the sweep then returns the hold, once.
+    const moved = await migrateReservationLayout(h.system.runtimeStore, h.system.adminStore, pino({ level: 'silent' }));
+    expect(moved.moved).toBeGreaterThanOrEqual(1);
+    expect(await redis.zscore(k.expiryIndex(t.id), 'a'.repeat(24))).toBe(String(created + 1000));
+    await h.system.runtimeStore.expireDue(t.id, 50, 'evt_00000000000000');
+    await h.system.runtimeStore.expireDue(t.id, 50, 'evt_00000000000000');
+    expect((await t.balance('workspace:prod')).reserved.amount).toBe(0);
+    expect((await t.balance()).reserved.amount).toBe(0);
+    expect(json(await t.get(`/v1/reservations?status=EXPIRED`)).reservations.map((r: any) => r.reservation_id)).toEqual([rid]);
+  });
+});
+
 describe('MessagePack decoding', () => {
+  it('refuses truncated values and trailing bytes', () => {
+    const ok = Buffer.from([0x81, 0xa1, 0x61, 0xcd, 0x01, 0x2c]); // {a: 300}
+    expect(decodeMsgpack(ok)).toEqual({ a: 300 });
+    expect(() => decodeMsgpack(ok.subarray(0, 5))).toThrow(/truncated/);
+    expect(() => decodeMsgpack(Buffer.from([0xa5, 0x61]))).toThrow(/truncated/);
+    expect(() => decodeMsgpack(Buffer.concat([ok, Buffer.from([0x00])]))).toThrow(/trailing/);
+    expect(() => decodeMsgpack(Buffer.from([0xc1]))).toThrow(/unsupported/);
+  });
+
   it('reads back what Redis cmsgpack packs', async () => {
     const r = new Redis(inject('redisUrl'));
     try {

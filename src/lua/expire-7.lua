@@ -17,14 +17,16 @@
     ARGV[2]  retention of finalized records, ms
     ARGV[3]  event id base           ARGV[4] actor JSON           ARGV[5] tenant id
     ARGV[6]  purge scan size (log entries examined in this call; 0 = no purge)
+    ARGV[7]  minimum idempotency window, ms: a record younger than this is kept whatever the
+             retention, so a retried reserve replays for at least as long as before ADR 0019
 
   Output: {expired_count, more (0|1), purged_count}
 
   Only what is due is read (ZRANGEBYSCORE up to now), so the cost follows expirations, not the
   number of live reservations. An index entry whose reservation was extended is re-scored by the
   extend script, so it is simply not due; an entry for a finalized or vanished record is dropped.
-  The purge examines only log entries created before now - retention (a record finalized later
-  than its creation is kept until its own finalized_at + retention), and removes the record, its
+  The purge examines only log entries created before now - max(retention, ARGV[7]) (a record
+  finalized later than its creation is kept until its own finalized_at + retention), and removes the record, its
   idempotency index entry (when it still points at it) and its log entry.
 ]]
 --- @include "common"
@@ -52,7 +54,11 @@ for _, short in ipairs(due) do
     }))
     expired = expired + 1
     redis.call('ZREM', KEYS[2], short)
-  elseif (not r) or r.status ~= 'ACTIVE' then
+  elseif r and r.status ~= 'ACTIVE' then
+    redis.call('ZREM', KEYS[2], short)
+  elseif not r and string.sub(short, 1, 4) ~= 'rsv_' then
+    -- A full id is an entry of the layout before ADR 0019 (a process of the previous version
+    -- still running): the migration moves it with its record, so it stays.
     redis.call('ZREM', KEYS[2], short)
   end
 end
@@ -62,7 +68,8 @@ local purged = 0
 local scanned = 0
 if scan > 0 then
   local from = redis.call('GET', KEYS[7])
-  local entries = redis.call('XRANGE', KEYS[5], from and ('(' .. from) or '-', fmt(now - retention - 1), 'COUNT', scan)
+  local window = math.max(retention, tonumber(ARGV[7]))
+  local entries = redis.call('XRANGE', KEYS[5], from and ('(' .. from) or '-', fmt(now - window - 1), 'COUNT', scan)
   scanned = #entries
   for _, e in ipairs(entries) do
     local short = e[2][2]

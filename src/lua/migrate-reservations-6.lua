@@ -54,11 +54,10 @@ for _, rid in ipairs(redis.call('ZRANGE', KEYS[2], 0, tonumber(ARGV[1]) - 1)) do
     res_store(KEYS[3], short, raw)
     local logged = redis.pcall('XADD', KEYS[4], fmt(created) .. '-*', 'r', short)
     if type(logged) == 'table' and logged.err then redis.call('XADD', KEYS[4], '*', 'r', short) end
-    local score = redis.call('ZSCORE', KEYS[5], rid)
-    if score then
-      redis.call('ZREM', KEYS[5], rid)
-      redis.call('ZADD', KEYS[5], score, short)
-    end
+    -- An ACTIVE reservation is due at expires + grace whatever the old index said (a sweep of
+    -- the new version may have dropped an entry it could not resolve).
+    redis.call('ZREM', KEYS[5], rid)
+    if o.status == 'ACTIVE' then redis.call('ZADD', KEYS[5], f.expires + f.grace, short) end
     if f.hash then
       redis.call('HSET', KEYS[6], idem_field(o.idem), short)
       redis.call('DEL', ikey)

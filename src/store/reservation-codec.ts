@@ -6,11 +6,21 @@ import { createHash } from 'node:crypto';
  * file decodes that map back to the long field names the rest of the code reads.
  */
 
-/** Decodes the MessagePack subset Redis's cmsgpack writes for a record (maps, strings, numbers). */
+/**
+ * Decodes the MessagePack subset Redis's cmsgpack writes for a record (maps, arrays, strings,
+ * numbers, booleans, nil). A truncated value, trailing bytes or an unknown type byte throw.
+ */
 export function decodeMsgpack(buf: Buffer): unknown {
   let pos = 0;
-  const u8 = () => buf[pos++]!;
+  const need = (n: number) => {
+    if (pos + n > buf.length) throw new Error(`truncated MessagePack value: ${n} bytes wanted at ${pos} of ${buf.length}`);
+  };
+  const u8 = () => {
+    need(1);
+    return buf[pos++]!;
+  };
   const str = (n: number) => {
+    need(n);
     const s = buf.toString('utf8', pos, pos + n);
     pos += n;
     return s;
@@ -36,6 +46,7 @@ export function decodeMsgpack(buf: Buffer): unknown {
     if ((b & 0xf0) === 0x90) return arr(b & 0x0f);
     if ((b & 0xe0) === 0xa0) return str(b & 0x1f);
     let v: number;
+    need({ 0xca: 4, 0xcb: 8, 0xcd: 2, 0xce: 4, 0xcf: 8, 0xd1: 2, 0xd2: 4, 0xd3: 8, 0xda: 2, 0xdb: 4, 0xdc: 2, 0xdd: 4, 0xde: 2, 0xdf: 4 }[b] ?? 0);
     switch (b) {
       case 0xc0: return null;
       case 0xc2: return false;
@@ -60,7 +71,9 @@ export function decodeMsgpack(buf: Buffer): unknown {
       default: throw new Error(`unsupported MessagePack byte 0x${b.toString(16)} at ${pos - 1}`);
     }
   };
-  return read();
+  const value = read();
+  if (pos !== buf.length) throw new Error(`MessagePack value has ${buf.length - pos} trailing bytes`);
+  return value;
 }
 
 /** Long field name of each one-letter code (the inverse of RES_CODES in reservation.lua). */

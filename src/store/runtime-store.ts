@@ -99,7 +99,10 @@ export interface BudgetRecord {
 }
 
 export const DEFAULT_MAX_EXTENSIONS = 10;
+/** The shortest idempotency window of a reserve (and the lower bound of a record's life). */
 const DAY_MS = 86_400_000;
+/** Log entries the purge examines per expire call, per reservation the call may expire. */
+const PURGE_SCAN_FACTOR = 4;
 
 /** The runtime plane's store: one method per ledger script plus the indexed reads. */
 export class RuntimeStore {
@@ -108,6 +111,8 @@ export class RuntimeStore {
     readonly scripts: Scripts,
     readonly keys: Keys,
     readonly retentionMs: number,
+    /** A live reserve's record is kept at least this long after its creation (replay window). */
+    readonly minReplayWindowMs: number = DAY_MS,
   ) {}
 
   async reserve(c: ReserveCall): Promise<ScriptOutcome> {
@@ -181,13 +186,14 @@ export class RuntimeStore {
 
   /**
    * Whether the expire script has work for the tenant: a reservation past expires_at + grace, or
-   * a reservation log entry older than the retention period (a record the purge may remove).
+   * a reservation log entry older than the retention period and 24 h (a record the purge may
+   * remove).
    * Two cheap reads, sent together.
    */
   async hasDue(tenantId: string, nowMs: number): Promise<boolean> {
     const [due, old] = await Promise.all([
       this.redis.zrangebyscore(this.keys.expiryIndex(tenantId), '-inf', nowMs - 1, 'LIMIT', 0, 1),
-      this.redis.xrange(this.keys.reservationLog(tenantId), '-', String(Math.max(0, nowMs - this.retentionMs - 1)), 'COUNT', 1),
+      this.redis.xrange(this.keys.reservationLog(tenantId), '-', String(Math.max(0, nowMs - Math.max(this.retentionMs, this.minReplayWindowMs) - 1)), 'COUNT', 1),
     ]);
     return due.length > 0 || old.length > 0;
   }
@@ -202,7 +208,7 @@ export class RuntimeStore {
     const reply = await this.scripts.run(
       'expire',
       [k.tenant(t), k.expiryIndex(t), k.outbox(t), k.reservations(t), k.reservationLog(t), k.reserveIdempotencyIndex(t), k.reservationPurgeCursor(t)],
-      [String(batchSize), String(this.retentionMs), eventIdBase, '{"type":"system"}', t, String(batchSize)],
+      [String(batchSize), String(this.retentionMs), eventIdBase, '{"type":"system"}', t, String(batchSize * PURGE_SCAN_FACTOR), String(this.minReplayWindowMs)],
     );
     return { expired: Number(reply[0]), more: Number(reply[1]) === 1, purged: Number(reply[2]) };
   }

@@ -36,6 +36,8 @@ export interface EventsServiceOptions {
   audit?: { retentionMs: number; unauthRetentionMs: number };
   /** Finishes tenant close cascades left unfinished (ADR 0015); returns how many were finished. */
   finishCascades?: () => Promise<number>;
+  /** Moves reservations still in the layout before ADR 0019 (written by a process of the previous version). */
+  migrateLayout?: () => Promise<number>;
 }
 
 /** Tenants read per registry page by the reconciliation and retention passes. */
@@ -258,10 +260,14 @@ export class EventsService {
     const cascades = this.opts.finishCascades ? await this.opts.finishCascades() : 0;
     metrics.drift.set({ check: 'tenant_close_cascade' }, cascades);
     if (cascades > 0) metrics.reconciled.inc({ check: 'tenant_close_cascade', action: 'finished' }, cascades);
+    // Before the audit, so that reservations an old process wrote count with their holds.
+    const legacy = this.opts.migrateLayout ? await this.opts.migrateLayout() : 0;
+    metrics.drift.set({ check: 'legacy_reservation_layout' }, legacy);
+    if (legacy > 0) metrics.reconciled.inc({ check: 'legacy_reservation_layout', action: 'migrated' }, legacy);
     const audit = await this.auditLedgers();
     metrics.drift.set({ check: 'ledger' }, audit.drift);
     if (audit.drift > 0) metrics.reconciled.inc({ check: 'ledger', action: 'reported' }, audit.drift);
-    return { outboxes, lost, cascades, ledgerDrift: audit.drift, auditSkipped: audit.skipped };
+    return { outboxes, lost, cascades, legacy, ledgerDrift: audit.drift, auditSkipped: audit.skipped };
   }
 
   /** Trims index entries older than their records' TTL (records expire by themselves). */
