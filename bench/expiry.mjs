@@ -7,7 +7,10 @@
 //   - expirations per second over the whole backlog;
 //   - how long Redis was blocked per script call: mean from INFO commandstats (evalsha), and the
 //     slowest calls from SLOWLOG (threshold 1 ms), so "a few ms per batch" is measured, not assumed;
-//   - that every hold went back (sum of `reserved` over all ledgers is 0).
+//   - that every hold went back (sum of `reserved` over all ledgers is 0);
+//   - then the retention purge (ADR 0019) of the same 100,000 now-finalized records: a second
+//     system on the same Redis with a 1 ms retention and replay window sweeps until every
+//     tenant's record hash is empty; purges per second and Redis time per call as above.
 // Results go to stdout and bench/results/expiry-<timestamp>.json.
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, writeFileSync } from 'node:fs';
@@ -90,6 +93,32 @@ async function main() {
         reserved += Number(await r.hget(system.keys.budget(t, scope, 'USD_MICROCENTS'), 'reserved'));
       }
     }
+    // Purge: the records are EXPIRED; a system whose retention has passed for all of them.
+    const purger = await createSystem({
+      redisUrl: redis.url, adminApiKey: 'bench', keyPrefix: 'bx', logger: pino({ level: 'silent' }), bodyLimitBytes: 65536,
+      authCacheTtlMs: 1000, reservationRetentionMs: 1, reserveReplayWindowMs: 1, expiryIntervalMs: 3_600_000, expiryBatchSize: BATCH,
+    });
+    const records = async () => (await Promise.all(tenants.map((t) => r.hlen(system.keys.reservations(t))))).reduce((a, b) => a + b, 0);
+    const before = await records();
+    await new Promise((res) => setTimeout(res, 50));
+    await r.slowlog('RESET');
+    await r.config('RESETSTAT');
+    const p0 = process.hrtime.bigint();
+    let purgePasses = 0;
+    try {
+      while ((await records()) > 0 && purgePasses < 1000) {
+        await purger.sweep.sweepOnce();
+        purgePasses += 1;
+      }
+    } finally {
+      await purger.close();
+    }
+    const purgeS = Number(process.hrtime.bigint() - p0) / 1e9;
+    const left = await records();
+    const pstats = /cmdstat_evalsha:calls=(\d+),usec=(\d+),usec_per_call=([\d.]+)/.exec(await r.info('commandstats'));
+    const pslow = (await r.slowlog('GET', 1024)).map((e) => Number(e[2])).sort((a, b) => b - a);
+    const logLeft = (await Promise.all(tenants.map((t) => r.xlen(system.keys.reservationLog(t))))).reduce((a, b) => a + b, 0);
+
     const result = {
       at: new Date().toISOString(),
       machine: { cpus: os.cpus().length, model: os.cpus()[0]?.model, node: process.version, redis: redis.version },
@@ -104,14 +133,27 @@ async function main() {
       calls_over_1ms: slowUs.length,
       slowest_ms: slowUs.slice(0, 5).map((u) => Number((u / 1000).toFixed(2))),
       reserved_left: reserved,
+      purge: {
+        records_before: before,
+        purged: before - left,
+        passes: purgePasses,
+        seconds: Number(purgeS.toFixed(2)),
+        purged_per_s: Math.round((before - left) / purgeS),
+        script_calls: pstats ? Number(pstats[1]) : null,
+        script_mean_ms: pstats ? Number((Number(pstats[3]) / 1000).toFixed(3)) : null,
+        calls_over_1ms: pslow.length,
+        slowest_ms: pslow.slice(0, 5).map((u) => Number((u / 1000).toFixed(2))),
+        records_left: left,
+        log_entries_left: logLeft,
+      },
     };
     mkdirSync(join(HERE, 'results'), { recursive: true });
     const file = join(HERE, 'results', `expiry-${result.at.replace(/[:.]/g, '-')}.json`);
     writeFileSync(file, `${JSON.stringify(result, null, 2)}\n`);
     process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
     log(`written ${file}`);
-    if (expired !== N || reserved !== 0) {
-      log(`FAILED: expired ${expired} of ${N}, reserved left ${reserved}`);
+    if (expired !== N || reserved !== 0 || left !== 0 || logLeft !== 0) {
+      log(`FAILED: expired ${expired} of ${N}, reserved left ${reserved}, records left ${left}, log entries left ${logLeft}`);
       process.exitCode = 1;
     }
   } finally {

@@ -140,7 +140,7 @@ async function localRedisUrl(config: Config, log: (msg: string) => void): Promis
     'redis-server',
     ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--appendonly', 'yes', '--appendfsync', 'everysec',
       '--maxmemory-policy', 'noeviction', '--daemonize', 'no', '--save', '3600 1 300 100',
-      // Compact encoding for reservation and idempotency hashes (see docs/operations.md, capacity).
+      // Compact encoding for small hashes with fields a little over 64 bytes (docker/redis/redis.conf).
       '--hash-max-listpack-value', '128'],
     { stdio: 'ignore' },
   );

@@ -59,7 +59,7 @@ describe('reservation records (ADR 0019)', () => {
     expect(String(raw.h)).toBe(payloadHash({ ...bodies[0], dry_run: false }).slice(0, 22));
   });
 
-  it('the idempotency index digest is the same in Lua and TypeScript, for any key', async () => {
+  it('the idempotency index finds the reservation of any key (reserve and listing use one digest)', async () => {
     const t = await createTenant(h);
     for (const key of ['a', 'ключ-💸', 'x'.repeat(256), 'with\u001fseparator|and:colons']) {
       const res = await t.post('/v1/reservations', { ...t.reserveBody(1), idempotency_key: key });
@@ -138,7 +138,9 @@ describe('retention purge (ADR 0019)', () => {
   it('finalized records go after the retention period with their index entries; ACTIVE ones stay; the key is then free', async () => {
     const t = await createTenant(p);
     const { redis, keys } = p.system;
-    const body = t.reserveBody(10);
+    // An awkward key: the purge finds its index entry with the Lua digest, the reserve wrote it
+    // with the TypeScript one, so the ik check below also proves they agree.
+    const body = { ...t.reserveBody(10), idempotency_key: `ключ-💸\u001f|:${idem()}` };
     const committed = json(await t.post('/v1/reservations', body)).reservation_id;
     const released = await t.reserveOk(20);
     const active = await t.reserveOk(30, { ttl_ms: 3_600_000 });

@@ -11,7 +11,7 @@ const DEFAULT_GRACE_MS = 5000;
 
 export async function loadDist(repoRoot) {
   const dist = (p) => import(new URL(`file://${repoRoot}/dist/${p}`).href);
-  const [redisMod, scripts, keys, store, canonical, ids, scopes] = await Promise.all([
+  const [redisMod, scripts, keys, store, canonical, ids, scopes, codec] = await Promise.all([
     dist('store/redis.js'),
     dist('store/scripts.js'),
     dist('store/keys.js'),
@@ -19,6 +19,7 @@ export async function loadDist(repoRoot) {
     dist('domain/canonical.js'),
     dist('domain/ids.js'),
     dist('domain/scopes.js'),
+    dist('store/reservation-codec.js'),
   ]);
   return {
     createRedis: redisMod.createRedis,
@@ -27,6 +28,8 @@ export async function loadDist(repoRoot) {
     RuntimeStore: store.RuntimeStore,
     payloadHash: canonical.payloadHash,
     newReservationId: ids.newReservationId,
+    shortOfReservationId: ids.shortOfReservationId,
+    subjectIsDerivable: codec.subjectIsDerivable,
     newEventIdBase: ids.newEventIdBase,
     newRequestId: ids.newRequestId,
     newTraceId: ids.newTraceId,
@@ -52,7 +55,7 @@ function reserveCall(lib, workload, keyId) {
       tenantId: workload.tenant,
       endpoint: 'reserve',
       mode: 'live',
-      reservationId: lib.newReservationId(workload.tenant),
+      shortId: lib.shortOfReservationId(lib.newReservationId(workload.tenant)),
       payloadHash: lib.payloadHash({ ...body, dry_run: false }),
       idempotencyKey: body.idempotency_key,
       estimate: body.estimate.amount,
@@ -61,6 +64,7 @@ function reserveCall(lib, workload, keyId) {
       graceMs: DEFAULT_GRACE_MS,
       overagePolicy: undefined,
       subjectJson: JSON.stringify(body.subject),
+      storeSubject: !lib.subjectIsDerivable(body.subject, scopePath),
       actionJson: JSON.stringify(body.action),
       metadataJson: undefined,
       scopes,

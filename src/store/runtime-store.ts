@@ -134,6 +134,7 @@ export class RuntimeStore {
       c.ttlMs === undefined ? '' : String(c.ttlMs), String(c.graceMs), c.overagePolicy ?? '',
       c.subjectJson, c.actionJson, c.metadataJson ?? '', c.scopePath, c.idempotencyKey,
       String(c.minIdempotencyTtlMs), c.eventIdBase, c.requestId, c.traceId, c.actorJson, t, c.storeSubject ? '1' : '',
+      idempotencyField(c.idempotencyKey),
     ];
     return outcome(await this.scripts.run('reserve', keys, args));
   }
