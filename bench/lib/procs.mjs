@@ -139,7 +139,10 @@ export async function startRedis() {
       if ((await client.ping()) === 'PONG') {
         const info = await client.info('server');
         client.disconnect();
-        return { proc, port, url, version: /redis_version:([^\r\n]+)/.exec(info)?.[1] };
+        // BENCH_REDIS_REPLICAS=N: N private replicas of this Redis (to measure CYCLES_REDIS_WAIT_REPLICAS).
+        const replicas = [];
+        for (let i = 0; i < Number(process.env.BENCH_REDIS_REPLICAS ?? 0); i++) replicas.push(await startReplica(port));
+        return { proc, port, url, replicas, version: /redis_version:([^\r\n]+)/.exec(info)?.[1] };
       }
     } catch {
       /* not up yet */
@@ -148,6 +151,33 @@ export async function startRedis() {
     await sleep(50);
   }
   throw new Error(`redis-server did not answer on port ${port} within 10 s`);
+}
+
+/** A private replica of the Redis on `masterPort`, returned once its link to the master is up. */
+async function startReplica(masterPort) {
+  const port = await freePort();
+  const dir = mkdtempSync(join(os.tmpdir(), 'cycles-bench-replica-'));
+  tempDirs.add(dir);
+  const proc = startChild('replica', 'redis-server', [
+    '--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--daemonize', 'no', '--dir', dir,
+    '--loglevel', 'warning', '--replicaof', '127.0.0.1', String(masterPort),
+  ], {});
+  const deadline = Date.now() + 10_000;
+  while (Date.now() < deadline) {
+    if (proc.exited) throw new Error(`replica exited (${proc.exitCode}):\n${tail(proc)}`);
+    const client = new Redis(`redis://127.0.0.1:${port}`, { lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
+    client.on('error', () => {});
+    try {
+      await client.connect();
+      const info = await client.info('replication');
+      client.disconnect();
+      if (/master_link_status:up/.test(info)) return { proc, port };
+    } catch {
+      client.disconnect();
+    }
+    await sleep(50);
+  }
+  throw new Error(`replica on port ${port} did not link to its master within 10 s`);
 }
 
 /** Starts `node dist/cli.js all` on free ports and waits until both planes report ready. */

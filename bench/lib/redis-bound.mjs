@@ -89,7 +89,11 @@ export function openDirect(lib, redisUrl) {
   const redis = override === undefined || override === ''
     ? lib.createRedis(redisUrl, 'cycles-bench-direct')
     : new Redis(redisUrl, { enableAutoPipelining: override === '1' || override === 'true', maxRetriesPerRequest: 1, connectionName: 'cycles-bench-direct' });
-  const scripts = lib.registerScripts(redis);
+  // The same durability option as the server (CYCLES_REDIS_WAIT_REPLICAS passes through to it).
+  const scripts = lib.registerScripts(redis, undefined, {
+    waitReplicas: Number(process.env.CYCLES_REDIS_WAIT_REPLICAS ?? 0),
+    waitTimeoutMs: Number(process.env.CYCLES_REDIS_WAIT_TIMEOUT_MS ?? 1000),
+  });
   const store = new lib.RuntimeStore(redis, scripts, new lib.Keys('cycles'), 30 * DAY_MS);
   return { redis, store };
 }
