@@ -52,8 +52,7 @@ for _, rid in ipairs(redis.call('ZRANGE', KEYS[2], 0, tonumber(ARGV[1]) - 1)) do
       if first[3] and x0 ~= raw.x then raw.y = x0 end
     end
     res_store(KEYS[3], short, raw)
-    local logged = redis.pcall('XADD', KEYS[4], fmt(created) .. '-*', 'r', short)
-    if type(logged) == 'table' and logged.err then redis.call('XADD', KEYS[4], '*', 'r', short) end
+    log_reservation(KEYS[4], created, short)
     -- An ACTIVE reservation is due at expires + grace whatever the old index said (a sweep of
     -- the new version may have dropped an entry it could not resolve).
     redis.call('ZREM', KEYS[5], rid)

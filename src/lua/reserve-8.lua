@@ -190,10 +190,7 @@ res_store(KEYS[3], rid, res_new(ctx.tenant, {
   ext = 0, idem = ARGV[13], hash = live_hash,
   subject = ARGV[20] == '1' and ARGV[9] or nil, meta = ARGV[11] ~= '' and ARGV[11] or nil,
 }))
--- The log entry's id is the creation time; a clock behind the log's last entry (a failover to
--- a replica with a slower clock) falls back to the next id the stream allows.
-local logged = redis.pcall('XADD', KEYS[4], fmt(now) .. '-*', 'r', rid)
-if type(logged) == 'table' and logged.err then redis.call('XADD', KEYS[4], '*', 'r', rid) end
+log_reservation(KEYS[4], now, rid)
 redis.call('ZADD', KEYS[5], expires + grace, rid)
 redis.call('HSET', KEYS[8], ikf, rid)
 return {'OK', now, 'ALLOW', full_rid(ctx.tenant, rid), fmt(expires), fmt(now)}

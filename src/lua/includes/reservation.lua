@@ -102,6 +102,14 @@ local function update_reservation(rs_key, short, r, changes)
   res_store(rs_key, short, raw)
 end
 
+-- Appends a reservation to the tenant's log, entry id = its creation time. A clock behind the log's
+-- last entry (a failover to a replica with a slower clock) falls back to the next id the stream
+-- allows.
+local function log_reservation(log_key, created, short)
+  local logged = redis.pcall('XADD', log_key, fmt(created) .. '-*', 'r', short)
+  if type(logged) == 'table' and logged.err then redis.call('XADD', log_key, '*', 'r', short) end
+end
+
 -- The reserve-time expires_at (before any extension).
 local function original_expires(r)
   return r.created + num(r._raw.y or r._raw.x)
