@@ -233,8 +233,8 @@ describe('Redis Sentinel: failover during a stream of reserves', () => {
   });
 
   // A measurement more than a check: writes stop until the demoted master is back as a replica
-  // (about 11 s here, sometimes far longer under load), so it runs on demand only:
-  // CYCLES_SLOW_FAILOVER_TESTS=1 npx vitest run test/redis-sentinel.test.ts
+  // (about 11 s here, sometimes far longer under load), so it runs on its own, outside npm test:
+  // `npm run test:long` (CYCLES_SLOW_FAILOVER_TESTS=1), which .ci/run runs after npm test.
   it.skipIf(!process.env.CYCLES_SLOW_FAILOVER_TESTS)('with CYCLES_REDIS_WAIT_REPLICAS equal to the replicas, a forced failover loses no acknowledged reservation', { timeout: 120_000 }, async () => {
     const topo = await topology(1);
     const before = await topo.masterPort();
