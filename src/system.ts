@@ -184,6 +184,10 @@ export async function createSystem(opts: SystemOptions): Promise<System> {
     batchSize: opts.expiryBatchSize,
     logger: log('expiry'),
     onExpired: (n) => metrics.expired.inc(n),
+    onPurged: (n, lagSeconds) => {
+      if (n > 0) metrics.purged.inc(n);
+      metrics.purgeLag.set(lagSeconds);
+    },
   });
   const pipelineStore = new PipelineStore(redis, scripts, keys);
   const cipher = new SecretCipher(webhookSecretKey);

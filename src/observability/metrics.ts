@@ -1,4 +1,4 @@
-import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
 /** Bound on cached label combinations (operations × statuses × outcomes is small in practice). */
 const MAX_CACHED_CHILDREN = 2000;
@@ -14,6 +14,8 @@ export class Metrics {
   readonly decisions: Counter<'operation' | 'decision'>;
   readonly scriptDuration: Histogram<'script' | 'result'>;
   readonly expired: Counter;
+  readonly purged: Counter;
+  readonly purgeLag: Gauge;
   readonly rateLimited: Counter<'scope'>;
   /** Labelled children by label values, so a request does not re-hash its labels every time. */
   private readonly requestChildren = new Map<string, { count: { inc(): void }; duration: { observe(v: number): void } }>();
@@ -49,6 +51,16 @@ export class Metrics {
     this.expired = new Counter({
       name: 'cycles_reservations_expired_total',
       help: 'Reservations expired by the expiry sweep',
+      registers: [this.registry],
+    });
+    this.purged = new Counter({
+      name: 'cycles_reservations_purged_total',
+      help: 'Finished reservation records removed by the expiry sweep after the retention period (ADR 0019)',
+      registers: [this.registry],
+    });
+    this.purgeLag = new Gauge({
+      name: 'cycles_reservation_purge_lag_seconds',
+      help: 'Largest age past max(retention, 24 h) of a tenant\'s oldest reservation-log entry, as of the last sweep pass; below the longest reservation life while the purge keeps up',
       registers: [this.registry],
     });
     this.rateLimited = new Counter({

@@ -102,12 +102,16 @@ export function subjectFromScopePath(scopePath: string): Record<string, string> 
   return out;
 }
 
-/** Whether `subject` is exactly what subjectFromScopePath(scopePath) gives back. */
+/**
+ * Whether `subject` is exactly what subjectFromScopePath(scopePath) gives back, key order
+ * included (so a read returns the subject as it was sent, byte for byte).
+ */
 export function subjectIsDerivable(subject: Record<string, unknown>, scopePath: string): boolean {
   const derived = subjectFromScopePath(scopePath);
   const keys = Object.keys(subject);
-  if (keys.length !== Object.keys(derived).length) return false;
-  return keys.every((k) => SUBJECT_LEVELS.includes(k) && subject[k] === derived[k]);
+  const order = Object.keys(derived);
+  if (keys.length !== order.length) return false;
+  return keys.every((k, i) => k === order[i] && SUBJECT_LEVELS.includes(k) && subject[k] === derived[k]);
 }
 
 /**

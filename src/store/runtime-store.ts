@@ -188,15 +188,18 @@ export class RuntimeStore {
   /**
    * Whether the expire script has work for the tenant: a reservation past expires_at + grace, or
    * a reservation log entry older than the retention period and 24 h (a record the purge may
-   * remove).
-   * Two cheap reads, sent together.
+   * remove). Two cheap reads, sent together. `purgeLagMs` is how far past that age the oldest
+   * log entry is (0 when none is): it stays below the longest reservation life while the purge
+   * keeps up, and grows when it does not.
    */
-  async hasDue(tenantId: string, nowMs: number): Promise<boolean> {
+  async sweepCheck(tenantId: string, nowMs: number): Promise<{ work: boolean; purgeLagMs: number }> {
+    const cutoff = Math.max(0, nowMs - Math.max(this.retentionMs, this.minReplayWindowMs) - 1);
     const [due, old] = await Promise.all([
       this.redis.zrangebyscore(this.keys.expiryIndex(tenantId), '-inf', nowMs - 1, 'LIMIT', 0, 1),
-      this.redis.xrange(this.keys.reservationLog(tenantId), '-', String(Math.max(0, nowMs - Math.max(this.retentionMs, this.minReplayWindowMs) - 1)), 'COUNT', 1),
+      this.redis.xrange(this.keys.reservationLog(tenantId), '-', String(cutoff), 'COUNT', 1),
     ]);
-    return due.length > 0 || old.length > 0;
+    const oldest = old[0] ? Number(old[0][0].split('-')[0]) : undefined;
+    return { work: due.length > 0 || oldest !== undefined, purgeLagMs: oldest === undefined ? 0 : cutoff - oldest };
   }
 
   /**

@@ -17,6 +17,8 @@ export interface SweepOptions {
   batchSize: number;
   logger: Logger;
   onExpired?: (count: number) => void;
+  /** After each pass: records purged, and the largest purge lag of a tenant (seconds). */
+  onPurged?: (count: number, lagSeconds: number) => void;
 }
 
 /**
@@ -48,13 +50,18 @@ export class ExpirySweep {
 
   private async pass(): Promise<number> {
     let total = 0;
+    let purged = 0;
+    let lagMs = 0;
     const sweepTenant = async (tenantId: string): Promise<void> => {
       // A tenant with nothing to expire or purge costs two cheap reads, not a script call. The
       // server clock is close enough for this pre-check: the script decides with Redis time.
-      if (!(await this.opts.runtimeStore.hasDue(tenantId, Date.now()))) return;
+      const check = await this.opts.runtimeStore.sweepCheck(tenantId, Date.now());
+      lagMs = Math.max(lagMs, check.purgeLagMs);
+      if (!check.work) return;
       for (let batch = 0; batch < MAX_BATCHES_PER_TENANT; batch += 1) {
         const r = await this.opts.runtimeStore.expireDue(tenantId, this.opts.batchSize, newEventIdBase());
         total += r.expired;
+        purged += r.purged;
         if (!r.more) break;
       }
     };
@@ -71,6 +78,8 @@ export class ExpirySweep {
       this.opts.onExpired?.(total);
       this.opts.logger.info({ expired: total }, 'expired reservations');
     }
+    this.opts.onPurged?.(purged, lagMs / 1000);
+    if (purged > 0) this.opts.logger.debug({ purged }, 'purged finished reservations past retention');
     return total;
   }
 }
