@@ -42,13 +42,19 @@ function randomBase62(n: number): string {
  * reserve script refuses a short id already in use and a new one is drawn), or 24 hex characters
  * for reservations created before ADR 0019.
  */
-export function newReservationId(tenantId: string): string {
-  return `rsv_${tenantId}_${randomBase62(12)}`;
+export function reservationIdOf(tenantId: string, shortId: string): string {
+  return `rsv_${tenantId}_${shortId}`;
+}
+
+/** A fresh short id: what a reserve stores the record under (the tail of its public id). */
+export function newReservationShortId(): string {
+  return randomBase62(12);
 }
 
 const SHORT_ID = /^(?:[0-9A-Za-z]{12}|[0-9a-f]{24})$/;
 
-function splitReservationId(reservationId: string): { tenant: string; short: string } | undefined {
+/** The owning tenant and the short id of a well-formed reservation id; undefined otherwise. */
+export function parseReservationId(reservationId: string): { tenant: string; short: string } | undefined {
   if (!reservationId.startsWith('rsv_')) return undefined;
   const last = reservationId.lastIndexOf('_');
   if (last <= 4) return undefined;
@@ -58,13 +64,9 @@ function splitReservationId(reservationId: string): { tenant: string; short: str
   return { tenant, short };
 }
 
-export function tenantOfReservationId(reservationId: string): string | undefined {
-  return splitReservationId(reservationId)?.tenant;
-}
-
 /** The record name of a reservation inside its tenant (the random tail of its id). */
 export function shortOfReservationId(reservationId: string): string | undefined {
-  return splitReservationId(reservationId)?.short;
+  return parseReservationId(reservationId)?.short;
 }
 
 /** Base for the event ids a script may emit: `evt_<base>` + a per-event suffix added in Lua. */

@@ -3,6 +3,7 @@ import type { AuthContext } from './auth.js';
 import { canonicalJson, payloadHash } from './canonical.js';
 import { decodeCursor, encodeCursor } from './cursor.js';
 import { CyclesError } from './errors.js';
+import { reservationIdOf } from './ids.js';
 import { balanceView, reservationView } from './runtime.js';
 
 /**
@@ -149,11 +150,6 @@ export async function scanIndex<P, R, Row>(opts: {
   return { rows, last, exhausted };
 }
 
-/** The public reservation id of a record's short id. */
-function ridOf(tenantId: string, shortId: string): string {
-  return `rsv_${tenantId}_${shortId}`;
-}
-
 export class ListingService {
   constructor(private readonly store: RuntimeStore) {}
 
@@ -185,7 +181,7 @@ export class ListingService {
       const rec = short ? await this.store.getReservation(tenantId, short) : undefined;
       // The index maps a digest of the key; the record says whether it is this key's reservation.
       const rows = short && rec && rec.idem === q.idempotency_key && matches(rec)
-        ? [reservationView(ridOf(tenantId, short), rec, include)]
+        ? [reservationView(reservationIdOf(tenantId, short), rec, include)]
         : [];
       return { reservations: rows, has_more: false };
     }
@@ -218,7 +214,7 @@ export class ListingService {
       window: SCAN_WINDOW,
       fetch: (after, count) => this.store.reservationLogWindow(tenantId, after?.[1], count),
       hydrate: (positions) => this.store.getReservations(tenantId, positions.map(([short]) => short)),
-      accept: (rec, [short]) => (matches(rec) ? reservationView(ridOf(tenantId, short), rec, include) : undefined),
+      accept: (rec, [short]) => (matches(rec) ? reservationView(reservationIdOf(tenantId, short), rec, include) : undefined),
     });
     const out: Record<string, unknown> = { reservations: rows };
     if (!exhausted && last) {
@@ -265,7 +261,7 @@ export class ListingService {
       hydrate: (positions) => this.store.getReservations(tenantId, positions.map(([short]) => short)),
       accept: (rec, [short]) => {
         if (!matches(rec)) return undefined;
-        const id = ridOf(tenantId, short);
+        const id = reservationIdOf(tenantId, short);
         return { key: [sortValue(sortBy, id, rec), id], id, rec };
       },
     });

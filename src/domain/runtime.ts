@@ -4,7 +4,7 @@ import type { AuthContext, Correlation } from './auth.js';
 import { actorJson, eventTraceId } from './auth.js';
 import { payloadHash } from './canonical.js';
 import { CyclesError, isErrorCode, type ErrorCode } from './errors.js';
-import { newEventIdBase, newReservationId, shortOfReservationId, tenantOfReservationId, newId } from './ids.js';
+import { newEventIdBase, newReservationShortId, parseReservationId, newId } from './ids.js';
 import { deriveScopes, prefixesOf, leafOf, type SubjectLevels } from './scopes.js';
 import type { Unit } from './amounts.js';
 
@@ -106,10 +106,9 @@ function checkHeaderKey(headerKey: string | undefined, bodyKey: string): void {
 
 /** The tenant that owns a reservation id and the record's short id inside it. */
 function owner(reservationId: string): { tenantId: string; shortId: string } {
-  const tenantId = tenantOfReservationId(reservationId);
-  const shortId = shortOfReservationId(reservationId);
-  if (!tenantId || !shortId) throw new CyclesError('NOT_FOUND', 'Reservation not found');
-  return { tenantId, shortId };
+  const parsed = parseReservationId(reservationId);
+  if (!parsed) throw new CyclesError('NOT_FOUND', 'Reservation not found');
+  return { tenantId: parsed.tenant, shortId: parsed.short };
 }
 
 /** Draws for a fresh short id when the reserve script finds one already in use. */
@@ -147,7 +146,7 @@ export class RuntimeService {
       tenantId,
       endpoint,
       mode,
-      shortId: shortOfReservationId(newReservationId(tenantId))!,
+      shortId: newReservationShortId(),
       payloadHash: payloadHash(hashed),
       idempotencyKey: body.idempotency_key,
       estimate: body.estimate.amount,
@@ -169,7 +168,7 @@ export class RuntimeService {
     };
     let o = await this.store.reserve(call);
     for (let attempt = 1; o.kind === 'ID_COLLISION' && attempt < ID_ATTEMPTS; attempt += 1) {
-      o = await this.store.reserve({ ...call, shortId: shortOfReservationId(newReservationId(tenantId))! });
+      o = await this.store.reserve({ ...call, shortId: newReservationShortId() });
     }
     const operation = endpoint === 'decide' ? 'decide' : mode === 'dry' ? 'reserve_dry_run' : 'reserve';
     if (o.kind !== 'OK' && o.kind !== 'REPLAY') {
