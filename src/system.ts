@@ -229,9 +229,7 @@ export async function createSystem(opts: SystemOptions): Promise<System> {
         const stale = await redis.zrangebyscore(keys.cascadePending(), '-inf', Date.now() - CASCADE_RESUME_AFTER_MS, 'LIMIT', 0, 100);
         let finished = 0;
         for (const tenantId of stale) {
-          const report = await admin.runCloseCascade({ kind: 'admin' }, tenantId, { requestId: 'reconcile', traceId: randomBytes(16).toString('hex') }, {
-            reservationRetentionMs: opts.reservationRetentionMs,
-          });
+          const report = await admin.runCloseCascade({ kind: 'admin' }, tenantId, { requestId: 'reconcile', traceId: randomBytes(16).toString('hex') });
           if (report.complete) finished++;
           opts.logger.warn({ tenant: tenantId, complete: report.complete, changes: report.changes.length }, 'reconciliation resumed an interrupted tenant close cascade');
         }

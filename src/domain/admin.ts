@@ -40,7 +40,6 @@ export const CASCADE_MAX_BATCHES = 10_000;
 const CASCADE_KEY_PAGE = 100;
 const CASCADE_MAX_KEY_PAGES = 10_000;
 /** Retention of the reservation records the cascade releases, unless the caller passes its own. */
-const DEFAULT_RESERVATION_RETENTION_MS = 30 * 86_400_000;
 /** The revoked_reason the cascade stamps on API keys; it also marks a revocation as the cascade's own. */
 export const CASCADE_REVOKED_REASON = 'tenant_closed';
 /** Tenant runtime defaults (admin digest §2.1); the runtime scripts fall back to the same values. */
@@ -166,8 +165,6 @@ export interface CascadeReport {
 }
 
 export interface CascadeOptions {
-  /** Retention of released reservation records (the runtime's CYCLES_RESERVATION_RETENTION_MS). */
-  reservationRetentionMs?: number;
   /** Children per batch (1..1000); default CASCADE_BATCH_SIZE. */
   batchSize?: number;
   /** Batches this run may take; default CASCADE_MAX_BATCHES. */
@@ -289,14 +286,13 @@ export class AdminService {
   async runCloseCascade(auth: AuthContext, tenantId: string, corr: Correlation, opts: CascadeOptions = {}): Promise<CascadeReport> {
     const batchSize = Math.min(CASCADE_MAX_BATCH_SIZE, Math.max(1, Math.floor(opts.batchSize ?? CASCADE_BATCH_SIZE)));
     const maxBatches = opts.maxBatches ?? CASCADE_MAX_BATCHES;
-    const retention = opts.reservationRetentionMs ?? DEFAULT_RESERVATION_RETENTION_MS;
     const changes: CascadeChange[] = [];
     let budgetCursor = '';
     let webhookCursor = '';
     let complete = false;
     for (let i = 0; i < maxBatches; i += 1) {
       const r = await this.store.cascadeBatch({
-        tenantId, batchSize, budgetCursor, webhookCursor, reservationRetentionMs: retention, nowIso: iso(Date.now()),
+        tenantId, batchSize, budgetCursor, webhookCursor, nowIso: iso(Date.now()),
         emit: emitCtx(auth, corr),
       });
       if (r.result === 'NOT_CLOSED') throw new CyclesError('INVALID_REQUEST', `Tenant is not CLOSED: ${tenantId}`);

@@ -12,8 +12,8 @@
     ARGV[3]  payload hash                    ARGV[4]  actual amount
     ARGV[5]  actual unit                     ARGV[6]  metadata JSON or ''
     ARGV[7]  event id base                   ARGV[8]  request id
-    ARGV[9]  trace id                        ARGV[10] (unused; retention is the purge's)
-    ARGV[11] actor JSON                      ARGV[12] reservation short id
+    ARGV[9]  trace id                        ARGV[10] actor JSON
+    ARGV[11] reservation short id
 
   Output:
     {'OK', now, charged, released}            committed
@@ -33,7 +33,7 @@
 --- @include "overage"
 
 local now = now_ms()
-local short = ARGV[12]
+local short = ARGV[11]
 local r = load_reservation(KEYS[2], short)
 if not r then return {'NOT_FOUND', now} end
 if ARGV[1] ~= '' and ARGV[1] ~= r.tenant then return {'FORBIDDEN', now} end
@@ -56,7 +56,7 @@ local A = tonumber(ARGV[4])
 local delta = A - E
 local ctx = {
   now = now, event_base = ARGV[7], request_id = ARGV[8], trace_id = ARGV[9],
-  actor = ARGV[11], tenant = r.tenant,
+  actor = ARGV[10], tenant = r.tenant,
 }
 
 -- Plan per-ledger changes first, apply only when no scope refuses.

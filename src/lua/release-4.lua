@@ -9,7 +9,7 @@
 
     ARGV[1]  caller tenant ('' for the admin key)   ARGV[2] idempotency key
     ARGV[3]  payload hash                           ARGV[4] reason or ''
-    ARGV[5]  (unused; retention is the purge's)      ARGV[6] reservation short id
+    ARGV[5]  reservation short id
 
   Output:
     {'OK', now, released, unit}  /  {'REPLAY', now, released, unit}  /  {<ERROR_CODE>, now, detail...}
@@ -22,7 +22,7 @@
 --- @include "reservation"
 
 local now = now_ms()
-local short = ARGV[6]
+local short = ARGV[5]
 local r = load_reservation(KEYS[2], short)
 if not r then return {'NOT_FOUND', now} end
 if ARGV[1] ~= '' and ARGV[1] ~= r.tenant then return {'FORBIDDEN', now} end

@@ -28,9 +28,8 @@
     ARGV[1]  batch size (children examined in this call)
     ARGV[2]  budget cursor: last "scope|unit" examined by this run, '' to start
     ARGV[3]  subscription cursor: last subscription id examined by this run, '' to start
-    ARGV[4]  (unused; finalized records are purged by the expiry sweep)
-    ARGV[5]  event id base   ARGV[6] request id   ARGV[7] trace id   ARGV[8] actor JSON
-    ARGV[9]  tenant id       ARGV[10] now, ISO-8601 (subscription updated_at)
+    ARGV[4]  event id base   ARGV[5] request id   ARGV[6] trace id   ARGV[7] actor JSON
+    ARGV[8]  tenant id       ARGV[9] now, ISO-8601 (subscription updated_at)
 
   Output: {'NOT_CLOSED'}
         | {'OK', 'MORE' | 'DONE', budget cursor, subscription cursor, change JSON...}
@@ -47,7 +46,7 @@ local batch = tonumber(ARGV[1])
 local bcursor = ARGV[2]
 local wcursor = ARGV[3]
 local prefix = string.sub(KEYS[1], 1, #KEYS[1] - #'tenant')
-local ctx = cascade_ctx(KEYS[6], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9])
+local ctx = cascade_ctx(KEYS[6], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8])
 local now = ctx.now
 local used = 0
 local changes = {}
@@ -132,7 +131,7 @@ if used < batch then
     local wkey = prefix .. 'wh:' .. id
     local v = redis.call('HMGET', wkey, 'status', 'name', 'rev')
     if v[1] == 'ACTIVE' or v[1] == 'PAUSED' then
-      redis.call('HSET', wkey, 'status', 'DISABLED', 'updated_at', ARGV[10], 'rev', fmt(num(v[3]) + 1))
+      redis.call('HSET', wkey, 'status', 'DISABLED', 'updated_at', ARGV[9], 'rev', fmt(num(v[3]) + 1))
       local name = v[2] or nil
       emit_cascade(KEYS[5], ctx, 'webhook.disabled_via_tenant_cascade', 'webhook', nil, {
         'subscription_id', js(id), 'name', name and js(name) or nil,

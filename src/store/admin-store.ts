@@ -205,7 +205,6 @@ export class AdminStore {
     batchSize: number;
     budgetCursor: string;
     webhookCursor: string;
-    reservationRetentionMs: number;
     nowIso: string;
     emit: EmitContext;
   }): Promise<{ result: 'MORE' | 'DONE' | 'NOT_CLOSED'; budgetCursor: string; webhookCursor: string; changes: string[] }> {
@@ -216,7 +215,7 @@ export class AdminStore {
       'tenant-cascade',
       [k.tenant(t), k.expiryIndex(t), k.budgetIndex(t), k.webhookIndex(t), k.outbox(t), k.cascadeState(t), k.cascadeReleased(t), k.reservations(t)],
       [
-        String(args.batchSize), args.budgetCursor, args.webhookCursor, String(args.reservationRetentionMs),
+        String(args.batchSize), args.budgetCursor, args.webhookCursor,
         e.eventIdBase, e.requestId, e.traceId, e.actorJson, t, args.nowIso,
       ],
     );

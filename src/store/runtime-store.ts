@@ -144,7 +144,7 @@ export class RuntimeStore {
     const keys = [k.tenant(c.tenantId), k.reservations(c.tenantId), k.expiryIndex(c.tenantId), k.outbox(c.tenantId)];
     const args = [
       c.callerTenant, c.idempotencyKey, c.payloadHash, String(c.actual), c.unit, c.metadataJson ?? '',
-      c.eventIdBase, c.requestId, c.traceId, String(this.retentionMs), c.actorJson, c.shortId,
+      c.eventIdBase, c.requestId, c.traceId, c.actorJson, c.shortId,
     ];
     return outcome(await this.scripts.run('commit', keys, args));
   }
@@ -152,7 +152,7 @@ export class RuntimeStore {
   async release(c: ReleaseCall): Promise<ScriptOutcome> {
     const k = this.keys;
     const keys = [k.tenant(c.tenantId), k.reservations(c.tenantId), k.expiryIndex(c.tenantId), k.outbox(c.tenantId)];
-    const args = [c.callerTenant, c.idempotencyKey, c.payloadHash, c.reason ?? '', String(this.retentionMs), c.shortId];
+    const args = [c.callerTenant, c.idempotencyKey, c.payloadHash, c.reason ?? '', c.shortId];
     return outcome(await this.scripts.run('release', keys, args));
   }
 

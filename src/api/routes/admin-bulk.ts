@@ -49,7 +49,6 @@ export async function adminBulkRoutes(app: FastifyInstance, deps: AdminDeps): Pr
   const listings = new AdminListingService(new ListingStore(adminStore.redis, adminStore.scripts, adminStore.keys), adminStore);
   const webhookStore = new WebhookStore(adminStore.redis, adminStore.scripts, adminStore.keys);
   const bulk = new BulkService(deps.admin, listings, new BulkStore(adminStore.redis, adminStore.keys), webhookStore);
-  const cascade = { reservationRetentionMs: deps.stores.runtime.retentionMs };
 
   r.post('/v1/admin/tenants/bulk-action', {
     schema: { body: TenantBulkActionRequest },
@@ -58,7 +57,6 @@ export async function adminBulkRoutes(app: FastifyInstance, deps: AdminDeps): Pr
   }, async (request) => {
     // A CLOSE row runs the tenant's close cascade; each child it moves gets its audit row.
     const outcome = await bulk.tenants(request.cycles.auth!, request.body, request.cycles, {
-      cascade,
       onCascade: (tenantId, report) => auditCascade(audit, request, tenantId, report),
     });
     await auditBulk(audit, request, 'bulkActionTenants', 'tenant', undefined, outcome);

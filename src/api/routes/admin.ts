@@ -99,9 +99,7 @@ export async function adminRoutes(app: FastifyInstance, deps: AdminDeps): Promis
     onRequest: hooks.admin(),
   }, async (request, reply) => {
     const tenantId = request.params.tenant_id;
-    const { tenant, cascade } = await admin.patchTenant(request.cycles.auth!, tenantId, request.body, request.cycles, {
-      reservationRetentionMs: deps.stores.runtime.retentionMs,
-    });
+    const { tenant, cascade } = await admin.patchTenant(request.cycles.auth!, tenantId, request.body, request.cycles);
     if (cascade) await auditCascade(audit, request, tenantId, cascade);
     markCascadeProgress(reply, cascade);
     await auditSuccess(audit, request, {
