@@ -72,9 +72,16 @@ export class AdminStore {
     return { result: String(reply[0]), detail: reply[1] === undefined ? '' : String(reply[1]) };
   }
 
-  /** Tenant ids in registry order, from `offset`; used by the expiry sweep (not a keyspace scan). */
-  async tenantIds(offset: number, count: number): Promise<string[]> {
-    return this.redis.zrange(this.keys.tenantRegistry(), offset, offset + count - 1);
+  /**
+   * Every tenant id in registry order, `pageSize` per round trip (not a keyspace scan); used by
+   * the expiry sweep and the layout migration.
+   */
+  async *tenantIdPages(pageSize: number): AsyncGenerator<string[]> {
+    for (let offset = 0; ; offset += pageSize) {
+      const page = await this.redis.zrange(this.keys.tenantRegistry(), offset, offset + pageSize - 1);
+      if (page.length > 0) yield page;
+      if (page.length < pageSize) return;
+    }
   }
 
   // ------------------------------------------------------------------ API keys

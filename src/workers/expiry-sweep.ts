@@ -23,9 +23,10 @@ export interface SweepOptions {
 
 /**
  * The expiry sweep's pass: walks the tenant registry and runs the expire script per tenant until
- * nothing is due; the same script purges finalized reservations past the retention period. The events service runs it as the `expiry` BullMQ job scheduler (every
- * CYCLES_EXPIRY_INTERVAL_MS, ADR 0014), so a tick runs once across all processes. Each script call
- * is atomic and idempotent, so overlapping passes cannot expire a reservation twice.
+ * nothing is due; the same script purges finalized reservations past the retention period. The
+ * events service runs it as the `expiry` BullMQ job scheduler (every CYCLES_EXPIRY_INTERVAL_MS,
+ * ADR 0014), so a tick runs once across all processes. Each script call is atomic and idempotent,
+ * so overlapping passes cannot expire a reservation twice.
  */
 export class ExpirySweep {
   private running: Promise<number> | undefined;
@@ -65,14 +66,12 @@ export class ExpirySweep {
         if (!r.more) break;
       }
     };
-    for (let offset = 0; ; offset += TENANT_PAGE) {
-      const tenants = await this.opts.adminStore.tenantIds(offset, TENANT_PAGE);
+    for await (const tenants of this.opts.adminStore.tenantIdPages(TENANT_PAGE)) {
       let next = 0;
       const lane = async (): Promise<void> => {
         while (next < tenants.length) await sweepTenant(tenants[next++]!);
       };
       await Promise.all(Array.from({ length: Math.min(SWEEP_CONCURRENCY, tenants.length) }, lane));
-      if (tenants.length < TENANT_PAGE) break;
     }
     if (total > 0) {
       this.opts.onExpired?.(total);

@@ -20,8 +20,7 @@ export async function migrateReservationLayout(
 ): Promise<{ tenants: number; moved: number }> {
   let tenants = 0;
   let moved = 0;
-  for (let offset = 0; ; offset += TENANT_PAGE) {
-    const page = await admin.tenantIds(offset, TENANT_PAGE);
+  for await (const page of admin.tenantIdPages(TENANT_PAGE)) {
     const legacy = await Promise.all(page.map((t) => runtime.hasLegacyReservations(t)));
     for (const [i, tenantId] of page.entries()) {
       if (!legacy[i]) continue;
@@ -33,7 +32,6 @@ export async function migrateReservationLayout(
       }
       logger.info({ tenant: tenantId }, 'reservations moved to the record layout (ADR 0019)');
     }
-    if (page.length < TENANT_PAGE) break;
   }
   if (tenants > 0) logger.warn({ tenants, reservations: moved }, 'reservation layout migration finished (ADR 0019)');
   return { tenants, moved };
